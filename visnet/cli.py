@@ -1,0 +1,144 @@
+"""The `visnet` command: thin; each subcommand calls one stage's entry function."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Build, import and check data sets.")
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Path = typer.Option(..., "--out", help="Folder to write the demo set into."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same set."),
+    street_per_product: int = typer.Option(3, help="Street photos per product."),
+    limit: int = typer.Option(0, help="Use at most this many source images (0: all)."),
+    workers: int = typer.Option(0, help="Worker processes (0: one per core)."),
+) -> None:
+    """Build the demo data set from the real images installed on this machine."""
+    from visnet.data.demo import DemoSettings, build_demo
+
+    settings = DemoSettings(
+        seed=seed, street_per_product=street_per_product, limit=limit, workers=workers
+    )
+    try:
+        summary = build_demo(out, settings)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@data_app.command("synthetic")
+def data_synthetic(
+    out: Path = typer.Option(..., "--out", help="Folder to write the tiny set into."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write the tiny procedural data set used by the tests."""
+    from visnet.data.synthetic import make_synthetic_set
+
+    summary = make_synthetic_set(out, seed=seed)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@data_app.command("check")
+def data_check(root: Path = typer.Argument(..., help="A Street2Shop-layout folder.")) -> None:
+    """Validate a Street2Shop-layout set and count missing images."""
+    from visnet.data.street2shop import DataFormatError, check_images, read_set
+
+    try:
+        data = read_set(root)
+    except DataFormatError as exc:
+        _fail(str(exc))
+    report = check_images(data)
+    typer.echo(
+        json.dumps(
+            {
+                "categories": data.categories,
+                "products": len(data.products()),
+                "shop_images": report.shop_images,
+                "street_photos": report.street_photos,
+                "missing_images": report.skipped,
+            },
+            indent=2,
+        )
+    )
+
+
+# --- later stages add their commands below this line ---
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+@app.command("eval")
+def eval_command(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
+    model: str = typer.Option(..., "--model", help="Embedder name or checkpoint:PATH / PATH.pt."),
+    crops: str = typer.Option("gt", "--crops", help="gt: crop queries by their box; none: whole."),
+    dim: int = typer.Option(0, "--dim", help="Reduce to this many dimensions with PCA (0: off)."),
+    split: str = typer.Option("test", "--split", help="Which pairs to query with."),
+    out: Path | None = typer.Option(None, "--out", help="Write FILE.json, FILE.md and FILE.png."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached embeddings."),
+) -> None:
+    """Street-to-shop retrieval recall@1/5/10/20 per category (the Street2Shop protocol)."""
+    from visnet.eval.protocol import evaluate
+    from visnet.eval.report import eval_markdown, write_eval_outputs
+
+    try:
+        result = evaluate(data, model, crops=crops, split=split, dim=dim or None, use_cache=cache)
+        written = write_eval_outputs(result, out) if out else []
+    except (FileNotFoundError, ImportError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(eval_markdown(result))
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("report")
+def report_command(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
+    config: Path = typer.Option(Path("configs/report.toml"), "--config", help="Rows to run."),
+    out: Path = typer.Option(Path("docs/RESULTS.md"), "--out", help="Markdown report to write."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached embeddings."),
+) -> None:
+    """Evaluate every configured method and write the results report with tables and a plot."""
+    from visnet.eval.report import run_report
+
+    try:
+        summary = run_report(data, config, out, use_cache=cache)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for row in summary["rows"]:
+        headline = row["overall"]["recall@1"]
+        typer.echo(f"{row['model']:<28} crops={row['crops']:<5} dim={row['dim']:<5} r@1 {headline}")
+    for note in summary["skipped_rows"]:
+        typer.echo(f"skipped: {note}")
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,230 @@
+"""Plain catalog import: a CSV file, a JSONL file or a folder of category folders -> CatalogItems.
+
+    CSV    header `id,category,image,title[,more...]`; extra columns become attributes
+    JSONL  one object a line with the same keys; extra keys and an "attributes" object -> attributes
+    folder ROOT/<category>/<name>.<ext>; id = "<category>/<name>"; title = name, _ and - as spaces
+
+Image paths in a file are relative to the file's folder, the catalog root; a path that resolves
+(after symlinks) outside that root is refused. Missing image files are not an import error:
+`missing_images` lists them so the caller can skip and report them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CatalogError",
+    "CatalogItem",
+    "IMAGE_EXTENSIONS",
+    "missing_images",
+    "read_catalog",
+    "write_catalog_jsonl",
+]
+
+REQUIRED = ("id", "category", "image", "title")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+class CatalogError(ValueError):
+    """A catalog is malformed or unsafe. The message names the file, the line and the problem."""
+
+    def __init__(self, path: Path | str, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = Path(path), line, problem
+        place = f"line {line}: " if line is not None else ""
+        super().__init__(f"{path}: {place}{problem}")
+
+
+@dataclass
+class CatalogItem:
+    """One catalog product: its id, category, image file (absolute, resolved) and description."""
+
+    id: str
+    category: str
+    image: Path
+    title: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- read
+
+
+def read_catalog(path: Path | str) -> list[CatalogItem]:
+    """Read a catalog from a CSV file, a JSONL file or a folder of category sub-folders."""
+    path = Path(path)
+    if path.is_dir():
+        items = _read_folder(path)
+    elif not path.is_file():
+        raise CatalogError(path, None, "no such file or folder")
+    elif path.suffix.lower() == ".csv":
+        items = _unique(path, _read_csv(path))
+    elif path.suffix.lower() in JSONL_SUFFIXES:
+        items = _unique(path, _read_jsonl(path))
+    else:
+        raise CatalogError(path, None, "unknown catalog type; expected .csv, .jsonl or a folder")
+    log.info("read %d catalog items from %s", len(items), path)
+    return items
+
+
+def _unique(path: Path, rows: Iterable[tuple[int, CatalogItem]]) -> list[CatalogItem]:
+    seen: dict[str, int] = {}
+    items = []
+    for line, item in rows:
+        if item.id in seen:
+            raise CatalogError(
+                path, line, f"duplicate id {item.id!r} (first on line {seen[item.id]})"
+            )
+        seen[item.id] = line
+        items.append(item)
+    return items
+
+
+def _resolve_image(path: Path, line: int | None, root: Path, raw: str) -> Path:
+    """Resolve `raw` against `root` (already resolved); refuse anything that lands outside it."""
+    try:
+        resolved = (root / raw).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops
+        raise CatalogError(path, line, f"image path {raw!r} cannot be resolved: {exc}") from exc
+    if not resolved.is_relative_to(root):
+        raise CatalogError(
+            path,
+            line,
+            f"image path {raw!r} resolves to {resolved}, outside the catalog root {root}",
+        )
+    return resolved
+
+
+def _text_field(path: Path, line: int, row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        raise CatalogError(path, line, f"missing key {key!r}")
+    value = row[key]
+    if key == "id" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise CatalogError(path, line, f"{key!r} must be a string, got {value!r}")
+    if key != "title" and not value.strip():
+        raise CatalogError(path, line, f"empty {key!r}")
+    return value.strip() if key != "image" else value
+
+
+def _item(path: Path, line: int, root: Path, row: dict[str, Any], attributes: dict) -> CatalogItem:
+    return CatalogItem(
+        id=_text_field(path, line, row, "id"),
+        category=_text_field(path, line, row, "category"),
+        image=_resolve_image(path, line, root, _text_field(path, line, row, "image")),
+        title=_text_field(path, line, row, "title"),
+        attributes=attributes,
+    )
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, CatalogItem]]:
+    root = path.parent.resolve()
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise CatalogError(path, 1, f"missing column(s) {missing}; the header is {header}")
+        try:
+            for row in reader:
+                line = reader.line_num
+                if None in row or None in row.values():
+                    raise CatalogError(
+                        path, line, f"expected {len(header)} fields as in the header"
+                    )
+                extra = {k: v for k, v in row.items() if k not in REQUIRED}
+                yield line, _item(path, line, root, row, extra)
+        except csv.Error as exc:
+            raise CatalogError(path, reader.line_num, f"bad CSV: {exc}") from exc
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, CatalogItem]]:
+    root = path.parent.resolve()
+    with path.open(encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise CatalogError(path, line, f"bad JSON: {exc.msg} (column {exc.colno})") from exc
+            if not isinstance(row, dict):
+                raise CatalogError(path, line, f"expected a JSON object, got {type(row).__name__}")
+            yield line, _item(path, line, root, row, _json_attributes(path, line, row))
+
+
+def _json_attributes(path: Path, line: int, row: dict[str, Any]) -> dict[str, Any]:
+    nested = row.get("attributes", {})
+    if not isinstance(nested, dict):
+        raise CatalogError(path, line, f"'attributes' must be an object, got {nested!r}")
+    extra = {k: v for k, v in row.items() if k not in REQUIRED and k != "attributes"}
+    return {**nested, **extra}
+
+
+def _read_folder(folder: Path) -> list[CatalogItem]:
+    root = folder.resolve()
+    items: list[CatalogItem] = []
+    for category_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if category_dir.name.startswith("."):
+            continue
+        for file in sorted(category_dir.iterdir()):
+            if file.name.startswith(".") or file.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            image = _resolve_image(file, None, root, str(file.relative_to(folder)))
+            items.append(_folder_item(category_dir.name, file, image))
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:  # e.g. shoe.jpg beside shoe.png
+            raise CatalogError(folder, None, f"duplicate id {item.id!r}: two images share a name")
+        seen.add(item.id)
+    return items
+
+
+def _folder_item(category: str, file: Path, image: Path) -> CatalogItem:
+    title = file.stem.replace("_", " ").replace("-", " ").strip()
+    return CatalogItem(id=f"{category}/{file.stem}", category=category, image=image, title=title)
+
+
+# ---------------------------------------------------------------------------------------- write
+
+
+def write_catalog_jsonl(items: Iterable[CatalogItem], path: Path | str) -> Path:
+    """Write `items` as JSONL with image paths relative to the file's folder (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = path.parent.resolve()
+    lines = []
+    for item in items:
+        image = Path(item.image).resolve()
+        if not image.is_relative_to(root):
+            raise CatalogError(
+                path, None, f"item {item.id!r}: image {image} is outside the catalog folder {root}"
+            )
+        row = {
+            "id": item.id,
+            "category": item.category,
+            "image": image.relative_to(root).as_posix(),
+            "title": item.title,
+            "attributes": item.attributes,
+        }
+        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def missing_images(items: Iterable[CatalogItem]) -> list[CatalogItem]:
+    """The items whose image file does not exist (to be skipped and reported, not raised)."""
+    return [item for item in items if not item.image.is_file()]
