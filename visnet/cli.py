@@ -140,5 +140,63 @@ def report_command(
     typer.echo(f"wrote {out}")
 
 
+# ----------------------------------------------------------------------------------------- train
+
+
+@app.command("train")
+def train_command(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set (its train split)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, history, plot."),
+    preset: str = typer.Option(
+        "default", help="Model preset: default, default-noshallow, paper, ..."
+    ),
+    triplets: Path | None = typer.Option(
+        None, help="A triplet file (JSONL); default: the data set."
+    ),
+    loss: str = typer.Option("contrastive", help="contrastive, triplet or batch-hard."),
+    steps: int = typer.Option(900, help="Optimiser steps."),
+    batch_size: int = typer.Option(48, help="Products (or triplets) per step."),
+    optimizer: str = typer.Option("adamw", help="adamw or sgd."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    schedule: str = typer.Option("cosine", help="cosine or step."),
+    margin: float = typer.Option(0.2, help="Triplet margin (triplet losses)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed reproduces a run."),
+    pretrained: Path | None = typer.Option(
+        None, help="Local torchvision state dict for the backbone."
+    ),
+    val_every: int = typer.Option(100, help="Validate every N steps."),
+    checkpoint_every: int = typer.Option(25, help="Save OUT/last.pt every N steps."),
+    max_minutes: float = typer.Option(0.0, help="Stop and save after this long (0: no limit)."),
+    threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+) -> None:
+    """Train a VisNet; rerun the same command to resume from OUT/last.pt after a kill."""
+    from visnet.training.trainer import TrainSettings, train
+
+    try:
+        settings = TrainSettings(
+            data=str(data),
+            out=str(out),
+            preset=preset,
+            triplets=str(triplets) if triplets else None,
+            loss=loss,
+            steps=steps,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            schedule=schedule,
+            margin=margin,
+            seed=seed,
+            pretrained=str(pretrained) if pretrained else None,
+            val_every=val_every,
+            checkpoint_every=checkpoint_every,
+            max_minutes=max_minutes,
+            threads=threads,
+        )
+        final = train(settings)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {final}")
+
+
 if __name__ == "__main__":
     app()

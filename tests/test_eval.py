@@ -1,0 +1,269 @@
+"""The retrieval protocol, its cache, recommendation quality, reports, eval and report commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from visnet.cli import app
+from visnet.data.street2shop import DataFormatError, read_set
+from visnet.data.synthetic import make_synthetic_set
+from visnet.eval.metrics import dedupe_products
+from visnet.eval.protocol import evaluate
+from visnet.eval.recommend import read_variants, recommendation_quality
+from visnet.eval.report import run_report
+from visnet.features.colour import ColourHistogram
+from visnet.images import load_image
+
+KEYS = {"model", "data", "crops", "dim", "queries", "skipped", "overall", "per_category"}
+KEYS |= {"recommendation", "seconds"}
+RECALLS = ["recall@1", "recall@5", "recall@10", "recall@20"]
+
+
+class CountingEmbedder(ColourHistogram):
+    """A colour histogram that counts the images it is asked to embed."""
+
+    calls: int = 0
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.calls += len(images)
+        return super().embed(images)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    make_synthetic_set(root, seed=0, products_per_category=4)
+    return root
+
+
+@pytest.fixture
+def data(pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny set, so a test may break it."""
+    return Path(shutil.copytree(pristine, tmp_path / "set"))
+
+
+def test_result_has_the_documented_keys(data: Path) -> None:
+    result = evaluate(data, "colour-histogram", progress=False)
+    assert set(result) >= KEYS
+    assert list(result["overall"]) == RECALLS
+    assert result["queries"] == len(read_set(data).pairs["test"]) > 0
+    assert result["skipped"]["count"] == 0
+    for row in result["per_category"].values():
+        assert set(row) >= set(RECALLS) | {"queries", "skipped", "products"}
+        assert row["products"] == 4
+    assert result["overall"]["recall@20"] == 1.0  # four products a category: all within 20
+    assert result["overall"]["recall@1"] >= 0.5
+    json.dumps(result)  # JSON-able as it stands
+
+
+def test_matches_a_brute_force_reference(data: Path) -> None:
+    """Embed crops by hand, search each category by full sort, dedupe, count hits at 1."""
+    dataset, embedder = read_set(data), ColourHistogram()
+    hits = 0
+    for pair in dataset.pairs["test"]:
+        left, top, right, bottom = pair.bbox.as_xyxy()
+        crop = load_image(dataset.photo_path(pair.photo)).crop(
+            (round(left), round(top), round(right), round(bottom))
+        )
+        shop = dataset.shop_in(pair.category)
+        vectors = embedder.embed([load_image(dataset.photo_path(s.photo)) for s in shop])
+        scores = vectors @ embedder.embed([crop])[0]
+        ranked = dedupe_products(shop[i].product for i in np.argsort(-scores, kind="stable"))
+        hits += ranked[0] == pair.product
+    result = evaluate(data, embedder, progress=False, use_cache=False)
+    assert result["overall"]["recall@1"] == pytest.approx(
+        hits / len(dataset.pairs["test"]), abs=1e-4
+    )
+
+
+def test_missing_and_unreadable_images_are_skipped_and_counted(data: Path) -> None:
+    dataset = read_set(data)
+    street = [p.photo for p in dataset.pairs["test"]]
+    dataset.photo_path(street[0]).unlink()
+    dataset.photo_path(street[1]).write_bytes(b"not an image")
+    dataset.photo_path(dataset.shop[0].photo).unlink()
+    result = evaluate(data, "colour-histogram", progress=False)
+    skipped = result["skipped"]
+    assert skipped["count"] == 2
+    assert skipped["reasons"] == {"missing image file": 1, "unreadable image (not_an_image)": 1}
+    assert skipped["catalog_images"] == 1
+    assert result["queries"] == len(street) - 2
+    assert sum(row["skipped"] for row in result["per_category"].values()) == 2
+
+
+def test_a_set_without_any_image_still_reports(data: Path) -> None:
+    shutil.rmtree(data / "photos")
+    (data / "photos").mkdir()
+    result = evaluate(data, "phash", progress=False)
+    assert result["queries"] == 0 and result["overall"]["recall@1"] is None
+    assert result["skipped"]["count"] == len(read_set(data).pairs["test"])
+    assert result["skipped"]["catalog_images"] == len(read_set(data).shop)
+
+
+def test_a_malformed_file_is_named(data: Path) -> None:
+    bad = next((data / "meta" / "json").glob("test_pairs_*.json"))
+    bad.write_text('[{"photo": 1, "product": ', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=bad.name):
+        evaluate(data, "colour-histogram", progress=False)
+    outcome = CliRunner().invoke(app, ["eval", "--data", str(data), "--model", "phash"])
+    assert outcome.exit_code == 2
+    assert bad.name in outcome.output
+
+
+def test_second_run_reads_the_cache(data: Path) -> None:
+    first = CountingEmbedder()
+    evaluate(data, first, progress=False)
+    assert first.calls > 0
+    assert list((data / ".cache" / "embeddings").glob("*.npy"))
+    again = CountingEmbedder()
+    result = evaluate(data, again, progress=False, ks=(1, 3))
+    assert again.calls == 0
+    assert list(result["overall"]) == ["recall@1", "recall@3"]
+    uncached = CountingEmbedder()
+    evaluate(data, uncached, progress=False, use_cache=False)
+    assert uncached.calls == first.calls
+
+
+def test_another_crop_mode_reuses_the_catalog(data: Path) -> None:
+    evaluate(data, CountingEmbedder(), progress=False)
+    whole = CountingEmbedder()
+    result = evaluate(data, whole, crops="none", progress=False)
+    assert whole.calls == len(read_set(data).pairs["test"])  # queries only
+    assert result["crops"] == "none"
+
+
+def test_dim_reduces_with_pca(data: Path) -> None:
+    result = evaluate(data, "colour-histogram", dim=4, progress=False)
+    assert result["dim"] == 4 and result["embedder_dim"] == ColourHistogram().dim
+    with pytest.raises(ValueError, match="dim 500"):
+        evaluate(data, "colour-histogram", dim=500, progress=False)
+
+
+def test_bad_options_raise(data: Path) -> None:
+    with pytest.raises(ValueError, match="crops"):
+        evaluate(data, "phash", crops="boxes", progress=False)
+    with pytest.raises(ValueError, match="unknown embedder"):
+        evaluate(data, "sift", progress=False)
+
+
+def test_untrained_network_evaluates(data: Path) -> None:
+    pytest.importorskip("visnet.model.embedder")
+    result = evaluate(data, "untrained", progress=False)
+    assert result["model"] == "untrained" and result["queries"] > 0
+
+
+# ------------------------------------------------------------------------------ recommendation
+
+
+def _catalog_vectors() -> tuple[np.ndarray, list[int], list[str]]:
+    """Products 1-2 (a variant pair) and 3 in 'hats', 4 in 'bags'; two views each but product 4."""
+    rows = {
+        1: [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]],
+        2: [[0.8, 0.2, 0.0], [0.8, 0.3, 0.0]],
+        3: [[0.0, 1.0, 0.0], [0.1, 0.9, 0.0]],
+        4: [[0.0, 0.0, 1.0]],
+    }
+    vectors = [v for product in rows for v in rows[product]]
+    products = [product for product in rows for _ in rows[product]]
+    categories = ["bags" if p == 4 else "hats" for p in products]
+    normalised = np.asarray(vectors) / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normalised.astype(np.float32), products, categories
+
+
+def test_recommendation_quality_hand_worked() -> None:
+    vectors, products, categories = _catalog_vectors()
+    result = recommendation_quality(vectors, products, categories, {1: "1", 2: "1", 3: "3"}, k=2)
+    # top-2 neighbours: 1 -> {2, 3}, 2 -> {1, 3}, 3 -> {2, 1}: all hats; 4 -> {3, 2}: no bag.
+    assert result["same_category@2"] == pytest.approx((1 + 1 + 1 + 0) / 4)
+    assert result["other_view_queries"] == 3  # product 4 has one view
+    assert result["other_view_recall@1"] == 1.0
+    # 1 and 2 have a variant; their only unrelated hat (3) ranks below it.
+    assert result["variant_queries"] == 2 and result["variant_auc"] == 1.0
+
+
+def test_read_variants(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.jsonl"
+    lines = [
+        {"id": "5", "category": "hats", "attributes": {}},
+        {"id": 6, "category": "hats", "attributes": {"variant_of": "5"}},
+        {"id": "7", "category": "hats"},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
+    assert read_variants(path) == {5: "5", 6: "5", 7: "7"}
+    assert read_variants(tmp_path / "absent.jsonl") is None
+    path.write_text('{"id": 1}\n{broken\n', encoding="utf-8")
+    with pytest.raises(DataFormatError, match="line 2"):
+        read_variants(path)
+
+
+def test_variants_from_the_catalog_reach_the_result(data: Path) -> None:
+    products = sorted(read_set(data).products())
+    lines = [{"id": p, "attributes": {"variant_of": products[0]}} for p in products[:2]]
+    (data / "catalog.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n", encoding="utf-8")
+    result = evaluate(data, "colour-histogram", progress=False)
+    assert result["recommendation"]["variant_queries"] >= 1
+    assert 0.0 <= result["recommendation"]["variant_auc"] <= 1.0
+
+
+# ------------------------------------------------------------------------------- outputs and CLI
+
+
+def test_eval_command_writes_json_markdown_and_plot(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "colour.json"
+    args = ["eval", "--data", str(data), "--model", "colour-histogram", "--out", str(out)]
+    outcome = CliRunner().invoke(app, [*args, "--dim", "8", "--no-cache"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "recall@1" in outcome.output
+    assert json.loads(out.read_text())["dim"] == 8
+    assert out.with_suffix(".md").read_text().startswith("**colour-histogram**")
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert not (data / ".cache").exists()
+
+
+def test_report_runs_rows_and_skips_missing_models(data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "report.toml"
+    config.write_text(
+        '[report]\nks = [1, 5, 10, 20]\n\n[[run]]\nlabel = "Colour"\nmodel = "colour-histogram"\n\n'
+        '[[run]]\nlabel = "Hash, whole photo"\nmodel = "phash"\ncrops = "none"\n\n'
+        '[[run]]\nlabel = "Trained"\nmodel = "checkpoint:nowhere/model.pt"\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "docs" / "RESULTS.md"
+    outcome = CliRunner().invoke(
+        app, ["report", "--data", str(data), "--config", str(config), "--out", str(out)]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    text = out.read_text()
+    assert "| Colour |" in text and "| Hash, whole photo |" in text
+    assert "nowhere/model.pt" in text and "overall recall@1" in text and "| *chance* |" in text
+    assert "visnet eval --data" in text and "![recall per method](results_recall.png)" in text
+    assert (out.parent / "results_recall.png").stat().st_size > 0
+    summary = run_report(data, config, out, progress=False)  # cached now
+    assert len(summary["rows"]) == 2 and len(summary["skipped_rows"]) == 1
+
+
+def test_report_config_errors_name_the_file(data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text("[[run]]\nlabel = 3\n", encoding="utf-8")
+    outcome = CliRunner().invoke(app, ["report", "--data", str(data), "--config", str(config)])
+    assert outcome.exit_code == 2 and "broken.toml" in outcome.output
+
+
+def test_the_shipped_config_loads() -> None:
+    from visnet.eval.report import load_report_config
+
+    config = load_report_config(Path(__file__).parents[1] / "configs" / "report.toml")
+    assert [run.model for run in config.runs][:4] == [
+        "colour-histogram",
+        "texture",
+        "phash",
+        "untrained",
+    ]

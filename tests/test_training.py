@@ -1,0 +1,117 @@
+"""The trainer: it learns, it reproduces a run from a seed, and it resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from visnet.data.synthetic import make_synthetic_set
+from visnet.model import load_model, read_checkpoint
+from visnet.training.datasets import TripletFileError, read_triplets
+from visnet.training.trainer import TrainSettings, train
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("syn") / "set"
+    make_synthetic_set(root, seed=0)
+    return root
+
+
+def _settings(data: Path, out: Path, **kw: object) -> TrainSettings:
+    base = dict(data=str(data), out=str(out), steps=4, batch_size=4, val_every=2,
+                checkpoint_every=1, threads=1, warmup_steps=1)
+    base.update(kw)
+    return TrainSettings(**base)  # type: ignore[arg-type]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_model(path)
+    return model.state_dict()
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_writes_a_self_describing_checkpoint(synthetic: Path, tmp_path: Path) -> None:
+    final = train(_settings(synthetic, tmp_path / "run"))
+    meta = read_checkpoint(final)
+    assert meta["model_args"]["backbone"] == "resnet18"
+    assert meta["extra"]["step"] == 4
+    assert meta["extra"]["settings"]["loss"] == "contrastive"
+    assert meta["extra"]["data_fingerprint"]
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert "recall@1" in history[1] and "recall@1" in history[3]
+    assert (tmp_path / "run" / "training.png").is_file()
+
+
+def test_same_seed_reproduces_the_run(synthetic: Path, tmp_path: Path) -> None:
+    a = train(_settings(synthetic, tmp_path / "a", steps=2, loss="triplet"))
+    b = train(_settings(synthetic, tmp_path / "b", steps=2, loss="triplet"))
+    assert _same(_weights(a), _weights(b))
+
+
+def test_loss_falls_when_training_on_one_batch_repeatedly(synthetic: Path, tmp_path: Path) -> None:
+    settings = _settings(synthetic, tmp_path / "fit", steps=12, batch_size=8, lr=1e-3,
+                         street_fraction=0.0, val_every=100)
+    train(settings)
+    history = [json.loads(x) for x in (tmp_path / "fit" / "history.jsonl").read_text().splitlines()]
+    first, last = history[0]["loss"], sum(h["loss"] for h in history[-3:]) / 3
+    assert last < first
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(synthetic: Path, tmp_path: Path) -> None:
+    plain = dict(steps=6, batch_size=4, val_every=2, checkpoint_every=1, threads=1)
+    reference = train(TrainSettings(str(synthetic), str(tmp_path / "ref"), **plain))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "visnet.cli", "train", "--data", str(synthetic), "--out",
+               str(out), "--steps", "6", "--batch-size", "4", "--val-every", "2",
+               "--checkpoint-every", "1", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = out / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / "last.pt").is_file()
+    killed_at = read_checkpoint(out / "last.pt")["extra"]["step"]
+    assert 1 <= killed_at < 6
+    final = train(TrainSettings(str(synthetic), str(out), **plain))
+    steps = [json.loads(x)["step"] for x in history.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    resumed, uninterrupted = _weights(final), _weights(reference)
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-5) for k in resumed)
+    assert read_checkpoint(final)["extra"]["step"] == 6
+
+
+def test_resume_refuses_other_settings(synthetic: Path, tmp_path: Path) -> None:
+    train(_settings(synthetic, tmp_path / "run", steps=1))
+    with pytest.raises(ValueError, match="other settings"):
+        train(_settings(synthetic, tmp_path / "run", steps=1, lr=0.5))
+
+
+def test_triplet_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    good = {"query": {"image": "a.jpg", "bbox": {"left": 1, "top": 2, "width": 3, "height": 4}},
+            "positive": {"image": "b.jpg"}, "negative": {"image": "c.jpg"}, "kind": "wild"}
+    rejected = {**good, "status": "rejected"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(rejected) + "\n{bad\n")
+    with pytest.raises(TripletFileError, match="line 3"):
+        read_triplets(path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps(rejected) + "\n")
+    triplets = read_triplets(path)
+    assert len(triplets) == 1 and triplets[0].query.bbox is not None

@@ -1,0 +1,336 @@
+"""The Street2Shop retrieval protocol: crop, embed, search within category, recall@k by product."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from visnet.data.street2shop import Street2ShopSet, StreetPair, read_set
+from visnet.eval.cache import (
+    CachedEmbeddings,
+    EmbeddingCache,
+    cache_key,
+    data_fingerprint,
+    default_cache_dir,
+)
+from visnet.eval.metrics import dedupe_products, recall_at_k
+from visnet.eval.recommend import read_variants, recommendation_quality
+from visnet.features.base import Embedder, l2_normalise
+from visnet.features.registry import embedder_fingerprint, get_embedder
+from visnet.images import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CROP_MODES", "DEFAULT_KS", "embed_queries", "embed_shop", "evaluate", "reduce_dims"]
+
+CROP_MODES = ("gt", "none")
+DEFAULT_KS = (1, 5, 10, 20)
+BATCH_SIZE = 64
+READER_THREADS = 2
+MISSING = "missing image file"
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to embed: its id in the cache, its file (None if missing) and an optional crop."""
+
+    id: int
+    path: Path | None
+    box: tuple[float, float, float, float] | None = None
+
+
+# ------------------------------------------------------------------------------- entry function
+
+
+def evaluate(
+    data_root: Path | str,
+    embedder: Embedder | str,
+    crops: str = "gt",
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    dim: int | None = None,
+    cache_dir: Path | str | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the protocol on `split` of the set at `data_root`; return the JSON-able result.
+
+    `embedder` is an Embedder or a registry name. `dim` reduces both sides with a PCA fitted on
+    the catalog embeddings. `cache_dir` defaults to DATA/.cache/embeddings. Missing or unreadable
+    images are skipped and counted; a malformed metadata file raises DataFormatError.
+    """
+    started = time.perf_counter()
+    ks = _check_options(crops, ks, dim)
+    data = read_set(data_root)
+    if split not in data.pairs:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(data.pairs)}")
+    model, spec = (
+        (get_embedder(embedder), embedder) if isinstance(embedder, str) else (embedder, None)
+    )
+    cache = EmbeddingCache((cache_dir or default_cache_dir(data_root)) if use_cache else None)
+    base = {
+        "embedder": f"{spec}|{embedder_fingerprint(model, spec)}",
+        "data": data_fingerprint(data_root),
+    }
+    shop = embed_shop(data, model, cache, base, progress)
+    queries = embed_queries(data, model, split, crops, cache, base, progress)
+    shop_vectors, query_vectors = reduce_dims(shop.vectors, queries.vectors, dim)
+    pairs = [data.pairs[split][i] for i in queries.ids]
+    rankings = _rank_queries(data, shop.ids, shop_vectors, pairs, query_vectors, max(ks))
+    result = {
+        "model": spec or model.name,
+        "data": str(data_root),
+        "crops": crops,
+        "split": split,
+        "dim": int(shop_vectors.shape[1]) if len(shop_vectors) else (dim or model.dim),
+        "embedder_dim": model.dim,
+        "queries": len(pairs),
+        "skipped": _skipped_summary(queries, shop),
+        "overall": _recalls(rankings, [p.product for p in pairs], ks),
+        "per_category": _per_category(data, split, pairs, rankings, queries, shop.ids, ks),
+        "recommendation": _recommendation(data, shop.ids, shop_vectors),
+        "embeddings": {"catalog": shop.source, "queries": queries.source},
+    }
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    log.info("evaluated %s: %d queries in %.1f s", result["model"], len(pairs), result["seconds"])
+    return result
+
+
+def _check_options(crops: str, ks: Sequence[int], dim: int | None) -> list[int]:
+    if crops not in CROP_MODES:
+        raise ValueError(f"crops must be one of {CROP_MODES}; got {crops!r}")
+    if dim is not None and dim < 1:
+        raise ValueError(f"dim must be a positive integer or None; got {dim}")
+    checked = sorted({int(k) for k in ks})
+    if not checked or checked[0] < 1:
+        raise ValueError(f"ks must be positive integers; got {list(ks)}")
+    return checked
+
+
+# ------------------------------------------------------------------------------------ embedding
+
+
+def embed_shop(
+    data: Street2ShopSet,
+    embedder: Embedder,
+    cache: EmbeddingCache,
+    base: dict[str, str],
+    progress: bool = True,
+) -> CachedEmbeddings:
+    """Embeddings of every distinct catalog photo (ids = photo ids), from the cache if present."""
+    photos = sorted({s.photo for s in data.shop})
+    items = [_Item(photo, data.photo_path(photo)) for photo in photos]
+    return _cached(
+        cache, {**base, "kind": "shop"}, lambda: _embed(items, embedder, "catalog", progress)
+    )
+
+
+def embed_queries(
+    data: Street2ShopSet,
+    embedder: Embedder,
+    split: str,
+    crops: str,
+    cache: EmbeddingCache,
+    base: dict[str, str],
+    progress: bool = True,
+) -> CachedEmbeddings:
+    """Embeddings of the street photos of `split` (ids = indices into data.pairs[split])."""
+    items = [
+        _Item(i, data.photo_path(p.photo), p.bbox.as_xyxy() if crops == "gt" else None)
+        for i, p in enumerate(data.pairs[split])
+    ]
+    key = {**base, "kind": "queries", "split": split, "crops": crops}
+    return _cached(cache, key, lambda: _embed(items, embedder, f"{split} queries", progress))
+
+
+def _cached(
+    cache: EmbeddingCache, parts: dict[str, str], compute: Callable[[], CachedEmbeddings]
+) -> CachedEmbeddings:
+    key = cache_key(**parts)
+    entry = cache.load(key)
+    if entry is None:
+        entry = compute()
+        cache.save(key, entry, parts)
+    return entry
+
+
+def _read(item: _Item) -> tuple[Image.Image | None, str | None]:
+    if item.path is None:
+        return None, MISSING
+    try:
+        image = load_image(item.path)
+    except ImageError as exc:
+        return None, f"unreadable image ({exc.code})"
+    if item.box is None:
+        return image, None
+    left, top = max(0, round(item.box[0])), max(0, round(item.box[1]))
+    right, bottom = min(image.width, round(item.box[2])), min(image.height, round(item.box[3]))
+    if right <= left or bottom <= top:
+        return None, "box outside the photo"
+    return image.crop((left, top, right, bottom)), None
+
+
+def _embed(items: list[_Item], embedder: Embedder, what: str, progress: bool) -> CachedEmbeddings:
+    """Reader threads decode the next batch while the current one is embedded."""
+    ids: list[int] = []
+    chunks: list[np.ndarray] = []
+    skipped: list[tuple[int, str]] = []
+    batches = [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
+    with (
+        ThreadPoolExecutor(READER_THREADS) as pool,
+        tqdm(
+            total=len(items), desc=f"embed {what}", unit="img", disable=not progress, leave=False
+        ) as bar,
+    ):
+        pending: list[Future] = [pool.submit(_read, item) for item in batches[0]] if batches else []
+        for index, batch in enumerate(batches):
+            done = [future.result() for future in pending]
+            nxt = batches[index + 1] if index + 1 < len(batches) else []
+            pending = [pool.submit(_read, item) for item in nxt]
+            good = [
+                (item.id, image)
+                for item, (image, _) in zip(batch, done, strict=True)
+                if image is not None
+            ]
+            skipped += [(item.id, why) for item, (_, why) in zip(batch, done, strict=True) if why]
+            if good:
+                chunks.append(_embed_batch(embedder, [image for _, image in good]))
+                ids += [i for i, _ in good]
+            bar.update(len(batch))
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
+    if skipped:
+        log.warning("%s: skipped %d of %d images", what, len(skipped), len(items))
+    return CachedEmbeddings(ids=ids, vectors=vectors, skipped=skipped)
+
+
+def _embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
+    vectors = np.asarray(embedder.embed(images), dtype=np.float32)
+    if vectors.shape != (len(images), embedder.dim):
+        raise ValueError(
+            f"embedder {embedder.name!r} returned shape {vectors.shape} for {len(images)} images; "
+            f"expected ({len(images)}, {embedder.dim})"
+        )
+    return vectors
+
+
+# ----------------------------------------------------------------------------- reduce and search
+
+
+def reduce_dims(
+    shop: np.ndarray, queries: np.ndarray, dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCA to `dim` fitted on the catalog vectors, applied to both, rows re-normalised."""
+    if dim is None or len(shop) == 0:
+        return shop, queries
+    limit = min(shop.shape)
+    if dim > limit:
+        raise ValueError(
+            f"dim {dim} is too large: PCA on {shop.shape[0]} catalog vectors of {shop.shape[1]}-D "
+            f"can keep at most {limit} dimensions"
+        )
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dim, random_state=0).fit(shop)
+    reduced_queries = pca.transform(queries) if len(queries) else np.zeros((0, dim))
+    return l2_normalise(pca.transform(shop)), l2_normalise(reduced_queries)
+
+
+def _rank_queries(
+    data: Street2ShopSet,
+    shop_ids: list[int],
+    shop_vectors: np.ndarray,
+    pairs: list[StreetPair],
+    query_vectors: np.ndarray,
+    depth: int,
+) -> list[list[int]]:
+    """For each query, the first `depth` distinct products of its category, best first."""
+    row_of = {photo: row for row, photo in enumerate(shop_ids)}
+    rankings: list[list[int]] = [[] for _ in pairs]
+    for category in sorted({p.category for p in pairs}):
+        shop = [(row_of[s.photo], s.product) for s in data.shop_in(category) if s.photo in row_of]
+        queries = [i for i, p in enumerate(pairs) if p.category == category]
+        if not shop:
+            log.warning("category %s: no readable catalog image; its queries all miss", category)
+            continue
+        rows, products = np.array([r for r, _ in shop]), np.array([p for _, p in shop])
+        views = max(Counter(products.tolist()).values())
+        found = _search(shop_vectors[rows], query_vectors[queries], min(len(rows), depth * views))
+        for query, order in zip(queries, found, strict=True):
+            rankings[query] = dedupe_products(products[order].tolist(), limit=depth)
+    return rankings
+
+
+def _search(database: np.ndarray, queries: np.ndarray, top: int, chunk: int = 1024) -> np.ndarray:
+    """Exact inner-product search: the `top` best database rows per query, best first (n, top)."""
+    out = np.zeros((len(queries), top), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ database.T
+        part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+# -------------------------------------------------------------------------------------- results
+
+
+def _recalls(rankings: list[list[int]], truth: list[int], ks: list[int]) -> dict[str, float | None]:
+    if not truth:
+        return {f"recall@{k}": None for k in ks}
+    return {f"recall@{k}": round(v, 4) for k, v in recall_at_k(rankings, truth, ks).items()}
+
+
+def _per_category(
+    data: Street2ShopSet,
+    split: str,
+    pairs: list[StreetPair],
+    rankings: list[list[int]],
+    queries: CachedEmbeddings,
+    shop_ids: list[int],
+    ks: list[int],
+) -> dict[str, dict[str, Any]]:
+    """Recall per category, with its query, skipped-query and searchable-product counts."""
+    skipped = Counter(data.pairs[split][i].category for i, _ in queries.skipped)
+    readable = set(shop_ids)
+    searchable = Counter(
+        category
+        for category, _ in {(s.category, s.product) for s in data.shop if s.photo in readable}
+    )
+    table: dict[str, dict[str, Any]] = {}
+    for category in sorted({p.category for p in data.pairs[split]}):
+        chosen = [i for i, p in enumerate(pairs) if p.category == category]
+        truth = [pairs[i].product for i in chosen]
+        table[category] = {
+            **_recalls([rankings[i] for i in chosen], truth, ks),
+            "queries": len(chosen),
+            "skipped": skipped.get(category, 0),
+            "products": searchable.get(category, 0),
+        }
+    return table
+
+
+def _skipped_summary(queries: CachedEmbeddings, shop: CachedEmbeddings) -> dict[str, Any]:
+    return {
+        "count": len(queries.skipped),
+        "reasons": dict(Counter(why for _, why in queries.skipped)),
+        "catalog_images": len(shop.skipped),
+        "catalog_reasons": dict(Counter(why for _, why in shop.skipped)),
+    }
+
+
+def _recommendation(data: Street2ShopSet, shop_ids: list[int], vectors: np.ndarray) -> dict:
+    info = {s.photo: s for s in data.shop}
+    products = [info[photo].product for photo in shop_ids]
+    categories = [info[photo].category for photo in shop_ids]
+    variants = read_variants(data.root / "catalog.jsonl")
+    return recommendation_quality(vectors, products, categories, variants)

@@ -1,0 +1,75 @@
+"""A VisNet model behind the Embedder protocol: PIL images in, unit-norm float32 vectors out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from visnet.features.base import l2_normalise
+from visnet.model.checkpoint import fingerprint, load_model
+from visnet.model.visnet import VisNet, create_model
+
+
+class ModelEmbedder:
+    """Embeds images with a VisNet, using the model's own eval transform, in batches.
+
+    Puts the model in eval mode on ``device`` and, by default, in channels-last memory layout
+    (about 20% faster on CPU, same numbers); a trainer sharing the model calls ``.train()`` again.
+    """
+
+    def __init__(
+        self,
+        model: VisNet,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        name: str | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {batch_size}")
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device).to(memory_format=self.memory_format).eval()
+        self.batch_size = batch_size
+        self.transform = model.config.preprocess().eval_transform()
+        self.dim = model.config.embed_dim
+        self.fingerprint = fingerprint(model)  # ties caches and indexes to these exact weights
+        self.name = name or f"visnet-{model.config.backbone}-{self.fingerprint[:8]}"
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, batch_size: int = 64, device: str | torch.device = "cpu"
+    ) -> ModelEmbedder:
+        """Load a checkpoint written by ``save_checkpoint`` and wrap it."""
+        model, meta = load_model(path, device=device)
+        name = f"visnet-{model.config.backbone}-{meta['fingerprint'][:8]}"
+        return cls(model, batch_size=batch_size, device=device, name=name)
+
+    def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        tensors = [
+            self.transform(img if img.mode == "RGB" else img.convert("RGB")) for img in images
+        ]
+        batch = torch.stack(tensors).to(self.device)
+        return batch.contiguous(memory_format=self.memory_format)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Array (len(images), dim), float32, rows L2-normalised."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                vectors = self.model(self._batch(chunk)).float().cpu().numpy()
+                out[start : start + len(chunk)] = vectors
+        return l2_normalise(out)
+
+
+def untrained_embedder(
+    preset: str = "default", seed: int = 0, batch_size: int = 64
+) -> ModelEmbedder:
+    """A randomly initialised VisNet (fixed seed): the "untrained network" baseline."""
+    model = create_model(preset, seed=seed)
+    return ModelEmbedder(model, batch_size=batch_size, name=f"untrained-{preset}-seed{seed}")
