@@ -13,7 +13,7 @@ demo: setup
 	else echo "demo set already built in $(DATA) (delete it to rebuild):"; cat $(DATA)/summary.json; fi
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -q
 
 setup: debian $(VENV)/.installed
 

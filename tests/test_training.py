@@ -78,7 +78,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(synthetic: Path, tmp_path
                str(out), "--steps", "6", "--batch-size", "4", "--val-every", "2",
                "--checkpoint-every", "1", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, env=env, **quiet)  # type: ignore[call-overload]
     history = out / "history.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:

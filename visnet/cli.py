@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -196,6 +197,69 @@ def train_command(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {final}")
+
+
+# ----------------------------------------------------------------------------------------- embed
+
+
+@app.command("embed")
+def embed_command(
+    catalog: Path = typer.Option(
+        ..., "--catalog", help="Street2Shop folder, catalog file or folder."
+    ),
+    model: str = typer.Option(
+        ..., "--model", help="A checkpoint (.pt), an .onnx export, or a baseline."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for the vector shards."),
+    backend: str = typer.Option("torch", help="torch or onnx (for a .pt checkpoint)."),
+    shard_size: int = typer.Option(1024, help="Vectors per shard."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+) -> None:
+    """Embed every catalog view into resumable vector shards (rerun to resume)."""
+    from visnet.embed.job import run_embed_job
+
+    try:
+        embedder = _embedder(model, backend, batch_size)
+        manifest = run_embed_job(catalog, embedder, out, shard_size=shard_size)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    summary = {k: v for k, v in manifest.items() if k != "skipped"}
+    summary["skipped"] = len(manifest["skipped"])
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _embedder(model: str, backend: str, batch_size: int) -> Any:
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
+    if model.endswith(".onnx"):
+        from visnet.embed.onnx import OnnxEmbedder
+
+        return OnnxEmbedder(model, batch_size=batch_size)
+    if backend == "onnx":
+        import tempfile
+
+        from visnet.embed.onnx import OnnxEmbedder, export_onnx
+
+        path = export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx")
+        return OnnxEmbedder(path, batch_size=batch_size)
+    from visnet.features.registry import get_embedder
+
+    return get_embedder(model)
+
+
+@app.command("export-onnx")
+def export_onnx_command(
+    model: Path = typer.Option(..., "--model", help="A VisNet checkpoint (.pt)."),
+    out: Path = typer.Option(..., "--out", help="The .onnx file to write."),
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch; preprocessing kept in the file's metadata)."""
+    from visnet.embed.onnx import export_onnx
+
+    try:
+        path = export_onnx(model, out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Feature-vector stage: embed a catalog in batches into vector shards; ONNX export and runtime."""

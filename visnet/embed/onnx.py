@@ -1,0 +1,84 @@
+"""ONNX export of a VisNet checkpoint, and an onnxruntime embedder with its preprocessing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from visnet.features.base import l2_normalise
+from visnet.model import VisNetConfig, load_model
+
+CONFIG_KEY = "visnet.model_args"
+FINGERPRINT_KEY = "visnet.fingerprint"
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
+    """Write an ONNX graph of the checkpoint with a dynamic batch axis; the model's arguments and
+    fingerprint go into the file's metadata, so the runtime side rebuilds the preprocessing."""
+    import onnx
+
+    model, meta = load_model(checkpoint)
+    model.eval()
+    size = model.config.input_size
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, size, size),),
+            tmp,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["embeddings"],
+            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        )
+        graph = onnx.load(tmp)
+        for key, value in (
+            (CONFIG_KEY, json.dumps(model.config.to_dict())),
+            (FINGERPRINT_KEY, meta["fingerprint"]),
+        ):
+            graph.metadata_props.add(key=key, value=value)
+        onnx.save(graph, tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+class OnnxEmbedder:
+    """The Embedder protocol over an onnxruntime session of an exported VisNet."""
+
+    def __init__(self, path: str | Path, batch_size: int = 64, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        if CONFIG_KEY not in props:
+            raise ValueError(f"{path}: not a VisNet ONNX export (no {CONFIG_KEY} metadata)")
+        self.config = VisNetConfig.from_dict(json.loads(props[CONFIG_KEY]))
+        self.fingerprint = props.get(FINGERPRINT_KEY, "")
+        self.transform = self.config.preprocess().eval_transform()
+        self.dim = self.config.embed_dim
+        self.batch_size = batch_size
+        self.name = f"visnet-onnx-{self.config.backbone}-{self.fingerprint[:8]}"
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Array (len(images), dim), float32, rows L2-normalised."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack([self.transform(im.convert("RGB")) for im in chunk]).numpy()
+            out[start : start + len(chunk)] = self.session.run(None, {"images": batch})[0]
+        return l2_normalise(out)
