@@ -262,5 +262,204 @@ def export_onnx_command(
     typer.echo(f"wrote {path}")
 
 
+# -------------------------------------------------------------------------------------- triplets
+
+triplets_app = typer.Typer(no_args_is_help=True, help="Propose training triplets (BISS, wild).")
+app.add_typer(triplets_app, name="triplets")
+
+
+@triplets_app.command("catalog")
+def triplets_catalog(
+    data: Path = typer.Option(..., "--data", help="Street2Shop-layout data set folder."),
+    out: Path = typer.Option(..., "--out", help="Triplet JSONL file to write."),
+    scorers: str = typer.Option(
+        "colour=1,texture=1,deep=1",
+        help="BISS scorers and weights: colour, texture, phash, deep, deep:CKPT.pt, "
+        "deep:BACKBONE:WEIGHTS.pth.",
+    ),
+    per_product: int = typer.Option(5, help="Triplets per catalog product."),
+    in_class_fraction: float = typer.Option(0.3, help="Share of in-class negatives."),
+    fusion: str = typer.Option("mean-rank", help="Rank fusion: mean-rank or rrf."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same triplets."),
+) -> None:
+    """Catalog triplets: positives from the fused BISS top ranks, negatives in- or out-of-class."""
+    from visnet.triplets.catalog import CatalogTripletSettings, write_catalog_triplets
+
+    try:
+        settings = CatalogTripletSettings(
+            scorers=scorers,
+            per_product=per_product,
+            in_class_fraction=in_class_fraction,
+            fusion=fusion,
+            seed=seed,
+        )
+        summary = write_catalog_triplets(data, out, settings)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    summary["skipped_images"] = len(summary["skipped_images"])
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@triplets_app.command("wild")
+def triplets_wild(
+    data: Path = typer.Option(..., "--data", help="Street2Shop-layout data set folder."),
+    out: Path = typer.Option(..., "--out", help="Triplet JSONL file to write."),
+    negatives: int = typer.Option(10, help="Random same-category negatives per positive."),
+    split: str = typer.Option("train", help="Street pairs to use: train or test."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Wild triplets: street crop, every view of its product, random same-category views."""
+    from visnet.triplets.wild import WildTripletSettings, write_wild_triplets
+
+    try:
+        settings = WildTripletSettings(negatives=negatives, split=split, seed=seed)
+        summary = write_wild_triplets(data, out, settings)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("review")
+def review_command(
+    queue: Path = typer.Option(..., "--queue", help="Review queue file (.sqlite)."),
+    add: Path | None = typer.Option(None, "--add", help="Add a triplet JSONL file first."),
+    data: Path | None = typer.Option(None, "--data", help="Data set the image paths live in."),
+    reviewer: str = typer.Option("", help="Your name, recorded with each decision."),
+    export_csv: Path | None = typer.Option(None, help="Write the decisions to a CSV file."),
+    import_csv: Path | None = typer.Option(None, help="Merge decisions from a CSV file."),
+    export_jsonl: Path | None = typer.Option(None, help="Write approved triplets (JSONL)."),
+    include_pending: bool = typer.Option(False, help="--export-jsonl: add pending ones too."),
+    stats: bool = typer.Option(False, "--stats", help="Print the counts and stop."),
+    render: bool = typer.Option(True, help="Draw each triplet side by side into a temp PNG."),
+) -> None:
+    """Review triplets: a approve, r reject, s skip, q quit; each decision is saved at once."""
+    from visnet.triplets.review import ReviewQueue, review_session
+
+    try:
+        with ReviewQueue(queue) as q:
+            if add is not None:
+                typer.echo(json.dumps(q.add(add, root=data)))
+            if import_csv is not None:
+                typer.echo(json.dumps(q.import_csv(import_csv)))
+            if export_csv is not None:
+                typer.echo(f"wrote {q.export_csv(export_csv)} decisions to {export_csv}")
+            if export_jsonl is not None:
+                count = q.export_jsonl(export_jsonl, include_pending)
+                typer.echo(f"wrote {count} triplets to {export_jsonl}")
+            if not (stats or export_csv or import_csv or export_jsonl):
+                root = (data or q.root) if render else None
+                name = reviewer or _user()
+                done = review_session(q, name, _read_key, lambda t: _show_triplet(t, root))
+                typer.echo(json.dumps(done))
+            typer.echo(json.dumps(q.counts()))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _show_triplet(item: Any, root: Path | None) -> None:
+    from visnet.triplets.review import describe, render_triplet
+
+    rows = describe(item)
+    if root is not None:
+        rows.append(("picture", str(render_triplet(item, root))))
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        typer.echo("\n" + "\n".join(f"{label:>9}: {value}" for label, value in rows))
+    else:
+        table = Table(show_header=False, box=None)
+        for label, value in rows:
+            table.add_row(f"[bold]{label}[/bold]", value)
+        Console().print(table)
+    typer.echo("[a]pprove  [r]eject  [s]kip  [q]uit > ", nl=False)
+
+
+def _read_key() -> str:
+    """One key press on a terminal; one line from a pipe ("q" at its end)."""
+    import sys
+
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.strip() if line else "q"
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        key = sys.stdin.read(1)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    typer.echo(key)
+    return "q" if key in ("", "\x03", "\x04") else key
+
+
+# ----------------------------------------------------------------------------------------- index
+
+index_app = typer.Typer(no_args_is_help=True, help="Build and query the catalog index.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    catalog: Path = typer.Option(
+        ..., "--catalog", help="Street2Shop folder, catalog file or folder."
+    ),
+    model: str = typer.Option(..., "--model", help="A checkpoint (.pt) or a baseline name."),
+    out: Path = typer.Option(..., "--out", help="The index folder to write."),
+    dim: int = typer.Option(512, help="PCA dimension (0: keep the full embedding)."),
+    precompute: int = typer.Option(20, help="Precompute this many recommendations a product."),
+) -> None:
+    """Embed the catalog, fit the PCA, ingest every product and precompute recommendations."""
+    from visnet.index.build import build_index
+
+    try:
+        summary = build_index(catalog, _embedder(model, "torch", 64), out, dim, None, precompute)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@index_app.command("similar")
+def index_similar(
+    index: Path = typer.Option(..., "--index", help="An index folder."),
+    product: str = typer.Option(..., "--product", help="A product id."),
+    k: int = typer.Option(10, "-k", help="How many products."),
+    same_category: bool = typer.Option(True, "--same-category/--any-category"),
+) -> None:
+    """Visually similar products of one product ("more like this")."""
+    from visnet.index.catalog_index import CatalogIndex
+    from visnet.index.products import UnknownProductError
+
+    catalog = CatalogIndex.open(index, model_fingerprint=_index_fingerprint(index))
+    try:
+        hits = catalog.similar(product, k=k, same_category=same_category)
+        for hit in hits:
+            item = catalog.get(hit.product_id)
+            typer.echo(f"{hit.score:.3f}  {hit.product_id:>8}  {item.category:<20} {item.title}")
+    except UnknownProductError as exc:
+        _fail(str(exc))
+    finally:
+        catalog.close()
+
+
+def _index_fingerprint(index: Path) -> str:
+    manifest = index / "manifest.json"
+    if not manifest.is_file():
+        _fail(f"{index}: not an index folder (no manifest.json)")
+    return str(json.loads(manifest.read_text())["model_fingerprint"])
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,285 @@
+"""The embedded store and the catalog index against naive exact references."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from visnet.index import (
+    CatalogIndex,
+    EmbeddedStore,
+    IndexMismatchError,
+    Product,
+    StoreError,
+    StoreSettings,
+    UnknownProductError,
+    VectorStore,
+    fit_pca,
+    l2_normalise,
+)
+
+KINDS = ["exact", "hnsw"]
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, clusters: int = 50) -> np.ndarray:
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, dim))
+    return l2_normalise(x)
+
+
+def naive_topk(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    scores = vectors @ query
+    return ids[np.argsort(-scores, kind="stable")[:k]]
+
+
+def store(kind: str, dim: int = 16, **kw: object) -> EmbeddedStore:
+    return EmbeddedStore(dim, settings=StoreSettings(kind=kind, **kw))  # type: ignore[arg-type]
+
+
+# ---- the store -------------------------------------------------------------------------------
+
+
+def test_hnsw_recall_at_10_matches_exact_at_default_settings() -> None:
+    rng = np.random.default_rng(0)
+    x, ids = clustered(5000, 64, rng), np.arange(5000, dtype=np.int64) * 3
+    s = store("hnsw", 64)
+    s.upsert(ids, x, ["all"] * len(ids))
+    queries = l2_normalise(x[rng.choice(5000, 200)] + 0.3 * rng.standard_normal((200, 64)))
+    found, scores = s.search(queries, 10)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    exact = x @ queries.T
+    hits = 0
+    for q in range(len(queries)):
+        tenth = np.sort(exact[:, q])[-10]  # ties allowed: any id scoring at least the 10th counts
+        hits += int(np.sum(exact[found[q] // 3, q] >= tenth - 1e-6))
+    assert hits / (10 * len(queries)) >= 0.95
+
+
+def test_auto_kind_switches_to_hnsw_past_the_threshold() -> None:
+    rng = np.random.default_rng(1)
+    s = store("auto", exact_threshold=100)
+    s.upsert(np.arange(80), clustered(80, 16, rng), ["a"] * 80)
+    assert s.kinds() == {"a": "exact"}
+    x = clustered(60, 16, rng)
+    s.upsert(np.arange(80, 140), x, ["a"] * 60)
+    assert s.kinds() == {"a": "hnsw"} and s.count() == 140
+    assert s.search(x[5], 1)[0][0, 0] == 85
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_upsert_and_delete_are_visible_at_once(kind: str) -> None:
+    rng = np.random.default_rng(2)
+    s = store(kind)
+    x = clustered(50, 16, rng)
+    s.upsert(np.arange(50), x, ["a"] * 50)
+    new = clustered(1, 16, rng)
+    s.upsert(np.array([1000]), new, ["a"])
+    assert s.search(new, 1)[0][0, 0] == 1000 and s.count() == 51
+    s.delete(np.array([1000, 424242]))  # unknown ids are ignored
+    assert 1000 not in s.search(new, 10)[0] and s.count() == 50
+    with pytest.raises(KeyError, match="1000"):
+        s.get(np.array([1000]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_update_replaces_the_vector_and_can_move_category(kind: str) -> None:
+    rng = np.random.default_rng(3)
+    s = store(kind)
+    x = clustered(40, 16, rng)
+    s.upsert(np.arange(40), x, ["a"] * 40)
+    moved = clustered(1, 16, rng)
+    s.upsert(np.array([7]), moved, ["b"])
+    assert s.count() == 40
+    np.testing.assert_allclose(s.get(np.array([7])), moved, atol=1e-6)
+    assert 7 not in s.search(x[7], 40, category="a")[0]
+    ids, scores = s.search(moved, 1, category="b")
+    assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_category_filter_and_global_search_match_naive(kind: str) -> None:
+    rng = np.random.default_rng(4)
+    x, ids = clustered(600, 16, rng), np.arange(600, dtype=np.int64) + 10
+    cats = np.array(["tops", "shoes", "bags"])[rng.integers(0, 3, 600)]
+    s = store(kind)
+    s.upsert(ids, x, cats.tolist())
+    queries = clustered(20, 16, rng)
+    for category in ["tops", "shoes", None]:
+        rows = np.ones(600, bool) if category is None else cats == category
+        found = s.search(queries, 10, category)[0]
+        for q, query in enumerate(queries):
+            expected = naive_topk(x[rows], ids[rows], query, 10)
+            overlap = len(set(found[q]) & set(expected)) / 10
+            assert overlap == 1.0 if kind == "exact" else overlap >= 0.9
+            assert set(found[q]) <= set(ids[rows])
+
+
+def test_empty_store_and_unknown_category_give_padding() -> None:
+    s = store("auto")
+    ids, scores = s.search(np.ones((2, 16), np.float32) / 4, 5)
+    assert ids.shape == (2, 5) and (ids == -1).all() and np.isneginf(scores).all()
+    s.upsert(np.array([1]), l2_normalise(np.ones((1, 16))), ["a"])
+    ids, _ = s.search(np.ones(16) / 4, 3)
+    assert ids.tolist() == [[1, -1, -1]]
+    assert (s.search(np.ones(16) / 4, 3, category="nope")[0] == -1).all()
+
+
+def test_bad_input_is_refused_with_the_shape() -> None:
+    s = store("exact")
+    assert isinstance(s, VectorStore)
+    with pytest.raises(ValueError, match=r"\(2, 16\)"):
+        s.upsert(np.arange(2), np.ones((2, 8), np.float32), ["a", "a"])
+    with pytest.raises(ValueError, match="unit-norm"):
+        s.upsert(np.arange(1), np.ones((1, 16), np.float32), ["a"])
+    with pytest.raises(ValueError, match=r"\(m, 16\)"):
+        s.search(np.ones((1, 3)), 1)
+    with pytest.raises(StoreError, match="in-memory"):
+        s.snapshot()
+
+
+def test_searches_run_safely_beside_writes() -> None:
+    rng = np.random.default_rng(5)
+    s = store("hnsw")
+    s.upsert(np.arange(200), clustered(200, 16, rng), ["a"] * 200)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(200):
+                assert (s.search(clustered(4, 16, rng), 5)[0] >= 0).all()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(50):
+        s.upsert(np.arange(200 + 4 * i, 204 + 4 * i), clustered(4, 16, rng), ["a"] * 4)
+        s.delete(np.array([i]))
+    for t in threads:
+        t.join()
+    assert not errors and s.count() == 350
+
+
+# ---- PCA -------------------------------------------------------------------------------------
+
+
+def test_pca_reduces_normalises_and_clamps(tmp_path, caplog) -> None:
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((300, 32)) @ rng.standard_normal((32, 32))
+    pca = fit_pca(x, dim=8)
+    out = pca.apply(x)
+    assert out.shape == (300, 8) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    pca.save(tmp_path)
+    assert type(pca).load(tmp_path).fingerprint == pca.fingerprint == fit_pca(x, dim=8).fingerprint
+    with caplog.at_level("WARNING"):
+        assert fit_pca(x, dim=64).out_dim == 32 and fit_pca(x[:5], dim=8).out_dim == 4
+    assert "using 32 dims" in caplog.text and "using 4 dims" in caplog.text
+
+
+# ---- the catalog index -----------------------------------------------------------------------
+
+
+def catalog(path, dim: int = 16, pca=None, kind: str = "exact") -> CatalogIndex:
+    return CatalogIndex.create(
+        path, model_fingerprint="m1", model_name="tiny", embedding_dim=dim, pca=pca,
+        settings=StoreSettings(kind=kind),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def fill(index: CatalogIndex, rng: np.random.Generator, n: int = 30, views: int = 3) -> dict:
+    embeddings = {}
+    for i in range(n):
+        embeddings[f"p{i:02d}"] = clustered(views, 16, rng, clusters=5)
+        index.upsert(Product(f"p{i:02d}", ["a", "b"][i % 2]), embeddings[f"p{i:02d}"])
+    return embeddings
+
+
+def naive_similar(embeddings: dict, pid: str, k: int, allowed: set[str]) -> list[str]:
+    best = {o: float(np.max(embeddings[pid] @ e.T)) for o, e in embeddings.items() if o in allowed}
+    best.pop(pid, None)
+    return [o for o, _ in sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_similar_excludes_itself_and_collapses_views(tmp_path, kind: str) -> None:
+    rng = np.random.default_rng(7)
+    index = catalog(tmp_path / "ix", kind=kind)
+    emb = fill(index, rng)
+    same = {p for i, p in enumerate(sorted(emb)) if i % 2 == 0}
+    for pid in ["p00", "p04"]:
+        hits = [h.product_id for h in index.similar(pid, 5)]
+        assert pid not in hits and len(set(hits)) == len(hits) == 5
+        assert hits == naive_similar(emb, pid, 5, same)
+        every = [h.product_id for h in index.similar(pid, 5, same_category=False)]
+        assert every == naive_similar(emb, pid, 5, set(emb))
+    found = index.search(emb["p03"][1], 4)
+    assert found[0].product_id == "p03" and len({h.product_id for h in found}) == 4
+    assert index.precompute_similar(k=5) == 30
+    assert [h.product_id for h in index.recommendations("p00")] == naive_similar(
+        emb, "p00", 5, same
+    )
+    index.close()
+
+
+def test_catalog_writes_are_visible_in_the_next_query(tmp_path) -> None:
+    rng = np.random.default_rng(8)
+    index = catalog(tmp_path / "ix")
+    emb = fill(index, rng, n=10)
+    new = clustered(2, 16, rng)
+    index.upsert(Product("p03", "a", title="changed"), new)  # update: new views, new category
+    assert index.search(new[0], 1, category="a")[0].product_id == "p03"
+    assert all(h.product_id != "p03" for h in index.search(emb["p03"][0], 10, category="b"))
+    assert index.get("p03").title == "changed" and index.store.count() == 29
+    index.upsert(Product("p03", "b"), None)  # metadata only: the views move with it
+    assert index.search(new[0], 1, category="b")[0].product_id == "p03"
+    index.delete("p03")
+    assert all(h.product_id != "p03" for h in index.search(new[0], 10))
+    with pytest.raises(UnknownProductError, match="'p03'"):
+        index.similar("p03")
+    assert index.count() == 9 and index.store.count() == 27
+    index.close()
+
+
+def test_empty_catalog_gives_empty_results(tmp_path) -> None:
+    index = catalog(tmp_path / "ix")
+    assert index.search(np.ones(16), 5) == [] and index.search(np.ones(16), 5, "a") == []
+    assert index.precompute_similar() == 0
+    index.upsert(Product("only", "a"), np.ones((2, 16)))
+    assert index.similar("only") == [] and index.recommendations("only") == []
+    index.close()
+
+
+def test_opening_with_another_model_or_pca_is_refused(tmp_path) -> None:
+    rng = np.random.default_rng(9)
+    pca = fit_pca(rng.standard_normal((100, 24)), dim=16)
+    index = catalog(tmp_path / "ix", dim=24, pca=pca)
+    index.upsert(Product("x", "a"), rng.standard_normal((2, 24)))
+    index.close()
+    with pytest.raises(IndexMismatchError, match="'tiny' \\(fingerprint m1\\); got fingerprint m2"):
+        CatalogIndex.open(tmp_path / "ix", model_fingerprint="m2")
+    with pytest.raises(IndexMismatchError, match=f"PCA fingerprint {pca.fingerprint}; got"):
+        CatalogIndex.open(tmp_path / "ix", model_fingerprint="m1", pca_fingerprint="beef")
+    reopened = CatalogIndex.open(
+        tmp_path / "ix", model_fingerprint="m1", pca_fingerprint=pca.fingerprint
+    )
+    assert reopened.count() == 1 and reopened.manifest["vector_dim"] == 16
+    with pytest.raises(StoreError, match="open elsewhere"):
+        CatalogIndex.open(tmp_path / "ix", model_fingerprint="m1")
+    with pytest.raises(ValueError, match=r"\(n, 24\)"):
+        reopened.search(np.ones(16))
+    reopened.close()
+
+
+def test_hnsw_still_returns_k_after_most_vectors_are_deleted_and_reuses_slots() -> None:
+    rng = np.random.default_rng(10)
+    s = store("hnsw")
+    x = clustered(1000, 16, rng)
+    s.upsert(np.arange(1000), x, ["a"] * 1000)
+    s.delete(np.arange(12, 1000))
+    ids, _ = s.search(x[:3], 12)
+    assert sorted(ids[0].tolist()) == list(range(12)) and s.count() == 12
+    s.upsert(np.arange(2000, 3000), clustered(1000, 16, rng), ["a"] * 1000)
+    assert s._parts["a"].index.get_max_elements() == 1024 and s.count() == 1012  # no growth

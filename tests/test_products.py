@@ -1,0 +1,91 @@
+"""The SQLite product store: round trips, errors, vector-id bookkeeping, recommendations."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from visnet.index import Product, ProductStore, UnknownProductError
+
+
+@pytest.fixture
+def products(tmp_path):
+    store = ProductStore(tmp_path / "products.sqlite")
+    yield store
+    store.close()
+
+
+def test_round_trip_keeps_every_field_and_survives_reopening(tmp_path) -> None:
+    store = ProductStore(tmp_path / "p.sqlite")
+    original = Product("sku-1", "dresses", "Red dress", ("a.jpg", "b.jpg"), {"colour": "red"})
+    store.upsert(original)
+    got = store.get("sku-1")
+    assert (got.id, got.category, got.title, got.images, got.attributes) == (
+        "sku-1", "dresses", "Red dress", ("a.jpg", "b.jpg"), {"colour": "red"},
+    )  # fmt: skip
+    assert got.created is not None and got.created == got.updated
+    store.close()
+    reopened = ProductStore(tmp_path / "p.sqlite")
+    assert reopened.get("sku-1") == got
+    mode = sqlite3.connect(tmp_path / "p.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    reopened.close()
+
+
+def test_update_keeps_created_and_moves_updated(products: ProductStore) -> None:
+    products.upsert(Product("x", "bags", "old"))
+    first = products.get("x")
+    products.upsert(Product("x", "shoes", "new"))
+    second = products.get("x")
+    assert second.title == "new" and second.category == "shoes"
+    assert second.created == first.created and second.updated > first.updated
+    assert products.count() == 1
+
+
+def test_unknown_ids_raise_a_key_error_naming_the_id(products: ProductStore) -> None:
+    for call in (products.get, products.delete, products.vector_ids):
+        with pytest.raises(UnknownProductError, match="'ghost'") as info:
+            call("ghost")
+        assert isinstance(info.value, KeyError) and info.value.product_id == "ghost"
+    with pytest.raises(ValueError, match="category"):
+        Product("y", "")
+
+
+def test_list_count_and_categories(products: ProductStore) -> None:
+    for i in range(7):
+        products.upsert(Product(f"p{i}", "tops" if i < 4 else "shoes"))
+    assert [p.id for p in products.list_products()] == [f"p{i}" for i in range(7)]
+    assert [p.id for p in products.list_products("shoes")] == ["p4", "p5", "p6"]
+    assert [p.id for p in products.list_products(limit=2, offset=3)] == ["p3", "p4"]
+    assert products.count() == 7 and products.count("tops") == 4
+    assert products.categories() == ["shoes", "tops"] and "p3" in products
+    products.delete("p3")
+    assert products.count("tops") == 3 and "p3" not in products
+
+
+def test_vector_ids_are_fresh_and_pending_until_owned(products: ProductStore) -> None:
+    first = products.reserve_vector_ids(3)
+    assert first.tolist() == [0, 1, 2] and products.pending_vector_ids().tolist() == [0, 1, 2]
+    products.upsert(Product("a", "tops"), first)
+    assert products.pending_vector_ids().tolist() == []
+    assert products.vector_ids("a").tolist() == [0, 1, 2]
+    second = products.reserve_vector_ids(2)
+    replaced = products.upsert(Product("a", "tops"), second)
+    assert replaced.tolist() == [0, 1, 2] and products.pending_vector_ids().tolist() == [0, 1, 2]
+    assert products.owners([3, 4, 0, -1]) == {3: "a", 4: "a"}
+    products.clear_pending(replaced)
+    assert products.delete("a").tolist() == [3, 4]
+    assert products.pending_vector_ids().tolist() == [3, 4] and products.vector_count() == 0
+    assert products.reserve_vector_ids(1).tolist() == [5]  # never reused
+
+
+def test_recommendations_skip_products_deleted_since(products: ProductStore) -> None:
+    for pid in "abc":
+        products.upsert(Product(pid, "tops"))
+    products.put_recommendations({"a": [("b", 0.9), ("c", 0.5)]})
+    assert products.recommendations("a") == [("b", pytest.approx(0.9)), ("c", 0.5)]
+    products.delete("b")
+    assert products.recommendations("a") == [("c", 0.5)]
+    assert products.vector_table() == [] and np.asarray(products.vector_ids("a")).size == 0

@@ -1,0 +1,118 @@
+"""Build a catalog index from a catalog: embed (resumable) -> fit PCA -> ingest -> precompute.
+
+The index is built in `OUT.partial` and moved into place only when complete, so a failed or
+killed build never leaves a half-written index where a server would open it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from visnet.embed.job import CatalogRow, read_shards, run_embed_job
+from visnet.features.base import Embedder
+from visnet.index.catalog_index import CatalogIndex
+from visnet.index.pca import fit_pca
+from visnet.index.products import Product
+
+log = logging.getLogger(__name__)
+
+
+def _titles(source: Path) -> dict[str, dict[str, Any]]:
+    """Product id -> {title, attributes} from a catalog.jsonl beside a Street2Shop set."""
+    catalog = source / "catalog.jsonl" if source.is_dir() else source
+    info: dict[str, dict[str, Any]] = {}
+    if catalog.suffix == ".jsonl" and catalog.is_file():
+        for line in catalog.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                item = json.loads(line)
+                info[str(item["id"])] = item
+    return info
+
+
+def _products(
+    rows: list[CatalogRow], vectors: np.ndarray, info: dict[str, dict[str, Any]], root: Path
+) -> list[tuple[Product, np.ndarray]]:
+    by_product: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_product[row.product].append(i)
+    items = []
+    for product_id, indices in by_product.items():
+        first = rows[indices[0]]
+        extra = info.get(product_id, {})
+        attributes = {
+            k: v
+            for k, v in (extra.get("attributes") or {}).items()
+            if k in ("variant_of", "kind", "split", "hue_shift")
+        }
+        images = tuple(_relative(rows[i].image, root) for i in indices)
+        product = Product(
+            product_id, first.category, str(extra.get("title", "")), images, attributes
+        )
+        items.append((product, vectors[indices]))
+    return items
+
+
+def _relative(image: str, root: Path) -> str:
+    try:
+        return str(Path(image).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return image
+
+
+def build_index(
+    source: str | Path,
+    embedder: Embedder,
+    out: str | Path,
+    dim: int = 512,
+    embeddings: str | Path | None = None,
+    precompute_k: int = 20,
+) -> dict[str, Any]:
+    """Embed every catalog view of `source`, fit a PCA to `dim`, and write a complete index."""
+    source, out = Path(source), Path(out)
+    shards = Path(embeddings) if embeddings else out.with_name(out.name + ".embeddings")
+    run_embed_job(source, embedder, shards)
+    vectors, rows, manifest = read_shards(shards)
+    if not rows:
+        raise ValueError(f"{source}: the catalog has no readable images; nothing to index")
+    pca = fit_pca(vectors, dim=dim) if dim and dim < vectors.shape[1] else None
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    index = CatalogIndex.create(
+        staging,
+        model_fingerprint=manifest["fingerprint"],
+        model_name=manifest["model"],
+        embedding_dim=int(manifest["dim"]),
+        pca=pca,
+    )
+    try:
+        items = _products(
+            rows, vectors, _titles(source), source if source.is_dir() else source.parent
+        )
+        for start in tqdm(range(0, len(items), 256), desc="index", unit="batch"):
+            index.upsert_many(items[start : start + 256])
+        precomputed = index.precompute_similar(k=precompute_k) if precompute_k else 0
+        index.snapshot()
+        summary = {
+            "products": index.count(),
+            "vectors": len(rows),
+            "precomputed": precomputed,
+            "dim": pca.out_dim if pca else int(manifest["dim"]),
+            "model": manifest["model"],
+            "skipped": len(manifest["skipped"]),
+            "catalog_root": str(source.resolve()),
+        }
+    finally:
+        index.close()
+    (staging / "build.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return summary

@@ -1,0 +1,370 @@
+"""The catalog index: products (SQLite), their view vectors (a store), PCA, model identity."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visnet.index.embedded import EmbeddedStore, StoreSettings
+from visnet.index.partitions import HnswParams
+from visnet.index.pca import PCA, l2_normalise
+from visnet.index.products import Product, ProductStore
+from visnet.index.protocol import IndexMismatchError, VectorStore
+from visnet.index.wal import write_json_atomic
+
+__all__ = ["CatalogIndex", "Hit"]
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "visnet-index", 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One product in a result list, with its best view's inner-product score."""
+
+    product_id: str
+    score: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _mismatch(path: Path, what: str, expected: str, given: str) -> IndexMismatchError:
+    return IndexMismatchError(
+        f"index {path} was built with {what} {expected}; got {given}. Open it with the same "
+        f"{what}, or rebuild the index (re-embed the catalog) for the new one"
+    )
+
+
+class CatalogIndex:
+    """Products and their view vectors, searchable by vector or by product. Thread-safe.
+
+    Folder layout::
+
+        manifest.json      model name and fingerprint, dims, PCA fingerprint, store settings, counts
+        pca.npy            the PCA (absent when vectors are indexed at the model's own dimension)
+        products.sqlite    products, vector id -> product id, pending vector ids, recommendations
+        vectors/           the embedded vector store (snapshot + write-ahead log)
+
+    A product write touches two stores, ordered so that a crash between any two steps is repaired at
+    the next open: reserve fresh vector ids (recorded as pending) -> upsert them into the vector
+    store -> commit the product and its new ids in SQLite (the commit point; the replaced ids become
+    pending) -> delete the replaced ids from the vector store -> clear them from pending. Opening
+    deletes every pending id from the vector store. Searches skip vector ids that no product owns,
+    so a write in progress is never half-visible.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        store: VectorStore,
+        products: ProductStore,
+        pca: PCA | None,
+    ) -> None:
+        """Use ``create``, ``open`` or ``open_or_create``."""
+        self.path, self.manifest = path, manifest
+        self.store, self.products, self.pca = store, products, pca
+        self._write_lock = threading.Lock()
+        self._reconcile()
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        model_fingerprint: str,
+        model_name: str,
+        embedding_dim: int,
+        pca: PCA | None = None,
+        settings: StoreSettings | None = None,
+    ) -> CatalogIndex:
+        """Make a new, empty index folder for vectors of one model (and PCA)."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise FileExistsError(f"{path} already holds an index; use CatalogIndex.open")
+        if pca is not None and pca.in_dim != embedding_dim:
+            raise ValueError(f"PCA takes {pca.in_dim}-D input; the model gives {embedding_dim}-D")
+        settings = settings or StoreSettings()
+        path.mkdir(parents=True, exist_ok=True)
+        if pca is not None:
+            pca.save(path)
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_name": model_name,
+            "model_fingerprint": model_fingerprint,
+            "embedding_dim": embedding_dim,
+            "pca": {"fingerprint": pca.fingerprint, "dim": pca.out_dim} if pca else None,
+            "vector_dim": pca.out_dim if pca else embedding_dim,
+            "store": {
+                "kind": settings.kind,
+                "exact_threshold": settings.exact_threshold,
+                "hnsw": asdict(settings.hnsw),
+            },
+            "counts": {},
+            "created": _now(),
+            "updated": _now(),
+        }
+        index = cls._assemble(path, manifest, settings)
+        index._write_manifest()
+        return index
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        model_fingerprint: str,
+        pca_fingerprint: str | None = None,
+        settings: StoreSettings | None = None,
+    ) -> CatalogIndex:
+        """Open an index folder, refusing one built by another model or (if given) PCA."""
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            raise FileNotFoundError(f"{path} holds no index ({MANIFEST} missing); create one first")
+        manifest = json.loads((path / MANIFEST).read_text())
+        if manifest["model_fingerprint"] != model_fingerprint:
+            expected = f"{manifest['model_name']!r} (fingerprint {manifest['model_fingerprint']})"
+            raise _mismatch(path, "model", expected, f"fingerprint {model_fingerprint}")
+        saved = (manifest["pca"] or {}).get("fingerprint")
+        if pca_fingerprint is not None and saved != pca_fingerprint:
+            expected = f"fingerprint {saved}" if saved else "none (full-dimension vectors)"
+            raise _mismatch(path, "PCA", expected, f"fingerprint {pca_fingerprint}")
+        saved_store = manifest["store"]
+        return cls._assemble(
+            path,
+            manifest,
+            settings
+            or StoreSettings(
+                kind=saved_store["kind"],
+                exact_threshold=saved_store["exact_threshold"],
+                hnsw=HnswParams(**saved_store["hnsw"]),
+            ),
+        )
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | Path,
+        *,
+        model_fingerprint: str,
+        model_name: str,
+        embedding_dim: int,
+        pca: PCA | None = None,
+        settings: StoreSettings | None = None,
+    ) -> CatalogIndex:
+        """``open`` (checking the model and the given PCA) if the folder holds an index, else
+        ``create``."""
+        if (Path(path) / MANIFEST).exists():
+            fingerprint = pca.fingerprint if pca is not None else None
+            return cls.open(
+                path,
+                model_fingerprint=model_fingerprint,
+                pca_fingerprint=fingerprint,
+                settings=settings,
+            )
+        return cls.create(
+            path,
+            model_fingerprint=model_fingerprint,
+            model_name=model_name,
+            embedding_dim=embedding_dim,
+            pca=pca,
+            settings=settings,
+        )
+
+    @classmethod
+    def _assemble(cls, path: Path, manifest: dict, settings: StoreSettings) -> CatalogIndex:
+        pca = PCA.load(path) if manifest["pca"] else None
+        if pca is not None and pca.fingerprint != manifest["pca"]["fingerprint"]:
+            raise _mismatch(
+                path,
+                "PCA",
+                manifest["pca"]["fingerprint"],
+                f"{pca.fingerprint} in pca.npy (the file was changed)",
+            )
+        store = EmbeddedStore(manifest["vector_dim"], path / "vectors", settings)
+        return cls(path, manifest, store, ProductStore(path / "products.sqlite"), pca)
+
+    def _reconcile(self) -> None:
+        pending = self.products.pending_vector_ids()
+        if len(pending):
+            log.info("removing %d vectors of writes interrupted earlier", len(pending))
+            self.store.delete(pending)
+            self.products.clear_pending(pending)
+        owned, held = self.products.vector_count(), self.store.count()
+        if owned != held:
+            log.warning(
+                "index %s: products own %d vectors but the store holds %d", self.path, owned, held
+            )
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def prepare(self, embeddings: np.ndarray) -> np.ndarray:
+        """Model embeddings (n, embedding_dim) -> the indexed vectors (PCA, unit norm)."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        dim = self.manifest["embedding_dim"]
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"embeddings must have shape (n, {dim}); got {x.shape}")
+        return self.pca.apply(x) if self.pca is not None else l2_normalise(x)
+
+    def upsert(self, product: Product, embeddings: np.ndarray | None) -> None:
+        """Add or replace a product and its view embeddings (None keeps the current views)."""
+        self.upsert_many([(product, embeddings)])
+
+    def upsert_many(self, items: Iterable[tuple[Product, np.ndarray | None]]) -> None:
+        """Add or replace products in one batch: one log record, two SQLite transactions."""
+        items = list(items)
+        if not items:
+            return
+        with self._write_lock:
+            views = [self._views(product, emb) for product, emb in items]
+            ids = self.products.reserve_vector_ids(sum(len(v) for v in views))
+            cats = [
+                p.category for (p, _), v in zip(items, views, strict=True) for _ in range(len(v))
+            ]
+            self.store.upsert(ids, np.concatenate(views), cats)
+            bounds = np.cumsum([0, *(len(v) for v in views)])
+            owned = [
+                (p, ids[a:b]) for (p, _), a, b in zip(items, bounds[:-1], bounds[1:], strict=True)
+            ]
+            replaced = self.products.upsert_many(owned)
+            self.store.delete(replaced)
+            self.products.clear_pending(replaced)
+
+    def _views(self, product: Product, embeddings: np.ndarray | None) -> np.ndarray:
+        if embeddings is not None:
+            views = self.prepare(embeddings)
+        else:  # metadata-only change: re-file the current views (the category may have moved)
+            views = self.store.get(self.products.vector_ids(product.id))
+        if not len(views):
+            raise ValueError(f"product {product.id!r} needs at least one view embedding")
+        return views
+
+    def delete(self, product_id: str) -> None:
+        """Remove a product and its vectors; ``UnknownProductError`` if there is none."""
+        with self._write_lock:
+            replaced = self.products.delete(product_id)
+            self.store.delete(replaced)
+            self.products.clear_pending(replaced)
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def get(self, product_id: str) -> Product:
+        """The product; ``UnknownProductError`` if there is none."""
+        return self.products.get(product_id)
+
+    def count(self) -> int:
+        """Number of products."""
+        return self.products.count()
+
+    def search(self, embedding: np.ndarray, k: int = 20, category: str | None = None) -> list[Hit]:
+        """The k products whose views best match one query embedding, optionally in a category."""
+        query = self.prepare(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
+        return self._top_products([query], k, category, [None])[0]
+
+    def similar(self, product_id: str, k: int = 20, same_category: bool = True) -> list[Hit]:
+        """The k products most like this one (best pair of views), itself excluded."""
+        product = self.products.get(product_id)
+        views = self.store.get(self.products.vector_ids(product_id))
+        category = product.category if same_category else None
+        return self._top_products([views], k, category, [product_id])[0]
+
+    def _top_products(
+        self, groups: list[np.ndarray], k: int, category: str | None, exclude: list[str | None]
+    ) -> list[list[Hit]]:
+        """For each group of query rows: the top-k products, views collapsed by max score."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1; got {k}")
+        queries = np.concatenate(groups)
+        starts = np.cumsum([0, *(len(g) for g in groups)])
+        fetch = 4 * k + 8  # products have a few views each, and the query's own may come back
+        while True:
+            ids, scores = self.store.search(queries, fetch, category)
+            owners = self.products.owners(ids.ravel().tolist())
+            hits = [
+                _collapse(ids[a:b], scores[a:b], owners, ex, k)
+                for a, b, ex in zip(starts[:-1], starts[1:], exclude, strict=True)
+            ]
+            if all(len(h) >= k for h in hits) or fetch >= self.store.count():
+                return hits
+            fetch *= 4
+
+    def precompute_similar(self, k: int = 20, same_category: bool = True, batch: int = 256) -> int:
+        """Compute and store every product's ``similar`` list; returns the number of products."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for vid, pid, cat in self.products.vector_table():
+            groups.setdefault((cat, pid), []).append(vid)
+        keys = sorted(groups)
+        for start in range(0, len(keys), batch):
+            chunk = keys[start : start + batch]
+            lists: dict[str, list[tuple[str, float]]] = {}
+            for cat in dict.fromkeys(c for c, _ in chunk):
+                part = [(c, p) for c, p in chunk if c == cat]
+                views = [self.store.get(np.asarray(groups[key])) for key in part]
+                found = self._top_products(
+                    views, k, cat if same_category else None, [p for _, p in part]
+                )
+                lists.update(
+                    {
+                        p: [(h.product_id, h.score) for h in hs]
+                        for (_, p), hs in zip(part, found, strict=True)
+                    }
+                )
+            self.products.put_recommendations(lists)
+        log.info("precomputed %d similar products for %d products", k, len(keys))
+        return len(keys)
+
+    def recommendations(self, product_id: str) -> list[Hit]:
+        """The precomputed ``similar`` list (products deleted since are left out)."""
+        self.products.get(product_id)
+        return [Hit(p, s) for p, s in self.products.recommendations(product_id)]
+
+    # ---- persistence -----------------------------------------------------------------------
+
+    def _write_manifest(self) -> None:
+        store: Any = self.store
+        counts = {"products": self.products.count(), "vectors": self.store.count()}
+        if hasattr(store, "counts"):
+            counts["per_category"] = store.counts()
+            self.manifest["store"]["partitions"] = store.kinds()
+        self.manifest.update(counts=counts, updated=_now())
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def snapshot(self) -> None:
+        """Snapshot the vector store (empties its log) and refresh the manifest's counts."""
+        with self._write_lock:
+            self.store.snapshot()
+            self._write_manifest()
+
+    def close(self) -> None:
+        """Close the stores (writes are already durable; no snapshot is taken)."""
+        with self._write_lock:
+            self.store.close()
+            self.products.close()
+
+
+def _collapse(
+    ids: np.ndarray, scores: np.ndarray, owners: dict[int, str], exclude: str | None, k: int
+) -> list[Hit]:
+    """Merge rows of vector hits into products (max score), dropping unowned ids and ``exclude``."""
+    best: dict[str, float] = {}
+    for vid, score in zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True):
+        pid = owners.get(vid)
+        if pid is not None and pid != exclude and score > best.get(pid, -np.inf):
+            best[pid] = score
+    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return [Hit(pid, float(score)) for pid, score in ranked]
