@@ -1,0 +1,47 @@
+"""Building an index from a catalog: complete or absent, never half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from visnet.data.street2shop import read_set, write_set
+from visnet.data.synthetic import make_synthetic_set
+from visnet.features.registry import get_embedder
+from visnet.index.build import build_index
+from visnet.index.catalog_index import CatalogIndex
+
+
+def test_build_ingests_every_product_and_precomputes(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=2)
+    embedder = get_embedder("colour-histogram")
+    summary = build_index(root, embedder, tmp_path / "index", dim=8)
+    data = read_set(root)
+    assert summary["products"] == len(data.products())
+    assert summary["vectors"] == len(data.shop)
+    assert summary["dim"] == 8
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    index = CatalogIndex.open(tmp_path / "index", model_fingerprint=manifest["model_fingerprint"])
+    try:
+        product = str(data.shop[0].product)
+        hits = index.similar(product, k=3)
+        assert hits and product not in {h.product_id for h in hits}
+        assert index.recommendations(product)
+    finally:
+        index.close()
+    assert not (tmp_path / "index.partial").exists()
+
+
+def test_an_empty_catalog_leaves_no_index(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=2)
+    for photo in (root / "photos").iterdir():
+        photo.write_bytes(b"")  # every image unreadable
+    data = read_set(root)
+    write_set(data)
+    with pytest.raises(ValueError, match="no readable images"):
+        build_index(root, get_embedder("colour-histogram"), tmp_path / "index", dim=0)
+    assert not (tmp_path / "index").exists()
