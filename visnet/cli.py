@@ -152,7 +152,10 @@ def train_command(
         "default", help="Model preset: default, default-noshallow, paper, ..."
     ),
     triplets: Path | None = typer.Option(
-        None, help="A triplet file (JSONL); default: the data set."
+        None, help="A triplet file (JSONL) or review queue (.sqlite); default: the data set."
+    ),
+    include_pending: bool = typer.Option(
+        False, help="From a review queue, also train on triplets not yet reviewed."
     ),
     loss: str = typer.Option("contrastive", help="contrastive, triplet or batch-hard."),
     steps: int = typer.Option(900, help="Optimiser steps."),
@@ -179,6 +182,7 @@ def train_command(
             out=str(out),
             preset=preset,
             triplets=str(triplets) if triplets else None,
+            include_pending=include_pending,
             loss=loss,
             steps=steps,
             batch_size=batch_size,
@@ -336,7 +340,7 @@ def review_command(
     from visnet.triplets.review import ReviewQueue, review_session
 
     try:
-        with ReviewQueue(queue) as q:
+        with ReviewQueue(queue, create=add is not None) as q:
             if add is not None:
                 typer.echo(json.dumps(q.add(add, root=data)))
             if import_csv is not None:

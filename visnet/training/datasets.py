@@ -195,16 +195,23 @@ class TripletFileError(ValueError):
     """A triplet file line is malformed; the message names the file and line."""
 
 
-def read_triplets(path: Path | str, root: Path | str | None = None) -> list[Triplet]:
-    """Read a JSONL triplet file.
+def read_triplets(
+    path: Path | str, root: Path | str | None = None, include_pending: bool = False
+) -> list[Triplet]:
+    """Read a JSONL triplet file, or a review-queue file (suffix .sqlite or .db).
 
     Each line: {"query": {"image": PATH, "bbox": {left, top, width, height}?},
     "positive": {"image": PATH}, "negative": {"image": PATH}, "kind": "catalog" | "wild"}.
     Image paths are relative to `root` (default: the file's folder). Lines with a "status"
-    other than "approved" or "pending" (e.g. "rejected") are skipped.
+    other than "approved" or "pending" (e.g. "rejected") are skipped. From a review queue only
+    approved triplets are read, and pending ones too if `include_pending`.
     """
     path = Path(path)
     base = Path(root) if root is not None else path.parent
+    if path.suffix.lower() in (".sqlite", ".db"):
+        from visnet.triplets.review import queue_lines
+
+        return [_triplet(base, item) for item in queue_lines(path, include_pending)]
     triplets = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -214,19 +221,17 @@ def read_triplets(path: Path | str, root: Path | str | None = None) -> list[Trip
                 item = json.loads(line)
                 if item.get("status", "approved") not in ("approved", "pending"):
                     continue
-                triplets.append(
-                    Triplet(
-                        _ref(base, item["query"]),
-                        _ref(base, item["positive"]),
-                        _ref(base, item["negative"]),
-                        str(item.get("kind", "catalog")),
-                    )
-                )
+                triplets.append(_triplet(base, item))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise TripletFileError(
                     f"{path}: line {lineno}: {type(exc).__name__}: {exc}"
                 ) from exc
     return triplets
+
+
+def _triplet(base: Path, item: dict[str, Any]) -> Triplet:
+    query, positive, negative = (_ref(base, item[r]) for r in ("query", "positive", "negative"))
+    return Triplet(query, positive, negative, str(item.get("kind", "catalog")))
 
 
 def _ref(base: Path, raw: Any) -> ImageRef:

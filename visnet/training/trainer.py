@@ -56,7 +56,8 @@ class TrainSettings:
     data: str  # a Street2Shop-layout folder
     out: str  # the run folder: last.pt, model.pt, history.jsonl, training.png
     preset: str = "default"
-    triplets: str | None = None  # a triplet file; None: read the data set directly
+    triplets: str | None = None  # a triplet file or review queue; None: read the data set
+    include_pending: bool = False  # from a review queue, also train on unreviewed triplets
     loss: str = "contrastive"
     steps: int = 900
     batch_size: int = 48
@@ -179,7 +180,7 @@ def _variant_groups(root: Path, products: list[int]) -> dict[int, str]:
 
 def _sampler(settings: TrainSettings, rows: list[ProductViews], bank: ImageBank, tf: Any) -> Any:
     if settings.triplets:
-        triplets = read_triplets(settings.triplets, root=settings.data)
+        triplets = read_triplets(settings.triplets, settings.data, settings.include_pending)
         bank.load([r for t in triplets for r in (t.query, t.positive, t.negative)], "load triplets")
         return TripletSampler(triplets, bank, tf)
     if settings.loss == "contrastive":
