@@ -1,0 +1,343 @@
+"""Tests for visnet.detect: detector wrapper, training and resume, metrics, crops, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops.misc import FrozenBatchNorm2d
+from typer.testing import CliRunner
+
+from visnet.data.street2shop import read_set
+from visnet.data.synthetic import make_synthetic_set
+from visnet.detect import (
+    Detections,
+    Detector,
+    DetectorConfig,
+    crop_with_margin,
+    detection_metrics,
+    evaluate_detector,
+    get_arch,
+    list_archs,
+    select_objects,
+    shop_the_look,
+    train_detector,
+)
+from visnet.detect.detector import load_backbone_weights
+from visnet.detect.evaluate import GroundTruth, average_precision
+from visnet.detect.train import TrainPhotos, train_step
+
+FAST = {"arch": "mobilenet_v3_large_320_fpn", "min_size": 128, "max_size": 128}
+TRAIN = {**FAST, "batch_size": 1, "threads": 1, "progress": False, "checkpoint_every": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two threads on a busy two-core machine run several times slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_set(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def categories(data_dir) -> tuple[str, ...]:
+    return tuple(read_set(data_dir).categories)
+
+
+def _detector(categories, **settings) -> Detector:
+    torch.manual_seed(0)
+    config = DetectorConfig(categories=categories, arch=FAST["arch"], min_size=128, max_size=128)
+    return Detector(config).configure(**settings)
+
+
+def _image(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+# ------------------------------------------------------------------------------------- detector
+
+
+def test_registry_names_and_unknown_arch():
+    assert {"mobilenet_v3_large_fpn", "mobilenet_v3_large_320_fpn", "resnet50_fpn"} <= set(
+        list_archs()
+    )
+    with pytest.raises(ValueError, match="known: .*mobilenet_v3_large_fpn"):
+        get_arch("yolo")
+    with pytest.raises(ValueError, match="unknown detector architecture"):
+        DetectorConfig(categories=("a",), arch="yolo")
+
+
+def test_config_takes_arch_defaults():
+    config = DetectorConfig(categories=("a", "b"))
+    spec = get_arch(config.arch)
+    assert (config.min_size, config.max_size) == (spec.min_size, spec.max_size)
+    assert DetectorConfig.from_dict(config.to_dict()) == config
+
+
+def test_detect_types_shapes_and_order(categories):
+    detector = _detector(categories, score_threshold=0.0, max_detections=7)
+    images = [_image(160, 120), _image(90, 140, seed=1)]
+    results = detector.detect(images)
+    assert len(results) == 2 and detector.detect([]) == []
+    for result, image in zip(results, images, strict=True):
+        assert isinstance(result, Detections)
+        assert 0 < len(result) <= 7
+        assert result.boxes.dtype == np.float32 and result.boxes.shape == (len(result), 4)
+        assert result.scores.dtype == np.float32 and result.scores.shape == (len(result),)
+        assert all(label in categories for label in result.labels)
+        assert np.all(np.diff(result.scores) <= 0)
+        width, height = image.size
+        assert result.boxes[:, [0, 2]].max() <= width and result.boxes[:, [1, 3]].max() <= height
+
+
+def test_checkpoint_round_trip(tmp_path, categories):
+    detector = _detector(categories, score_threshold=0.0)
+    image = _image(128, 128)
+    expected = detector.detect([image])[0]
+    path = detector.save(tmp_path / "d.pt", extra={"step": 3})
+    loaded = Detector.load(path)
+    assert loaded.config == detector.config and loaded.metadata == {"step": 3}
+    got = loaded.detect([image])[0]
+    np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-4)
+    assert got.labels == expected.labels
+    half = Detector.load(detector.save(tmp_path / "h.pt", half=True))
+    assert next(half.model.parameters()).dtype == torch.float32
+    assert (tmp_path / "h.pt").stat().st_size < 0.6 * path.stat().st_size
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_or_foreign_weight_files(tmp_path, categories):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        Detector.load(tmp_path / "nope.pt")
+    torch.save({"hello": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a VisNet detector checkpoint"):
+        Detector.load(tmp_path / "other.pt")
+    detector = _detector(categories)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load_backbone_weights(detector.model, FAST["arch"], tmp_path / "backbone.pt")
+
+
+def test_backbone_weights_load_from_local_file(tmp_path, data_dir, categories):
+    import torchvision
+
+    torch.manual_seed(1)
+    classifier = torchvision.models.mobilenet_v3_large(weights=None)
+    torch.save(classifier.state_dict(), tmp_path / "mnv3.pt")
+    detector = _detector(categories)
+    assert load_backbone_weights(detector.model, FAST["arch"], tmp_path / "mnv3.pt") > 0
+    first = detector.model.backbone.body["0"][0].weight
+    assert torch.equal(first, classifier.features[0][0].weight)
+    trained = Detector.load(
+        train_detector(
+            data_dir,
+            tmp_path / "run",
+            steps=1,
+            pretrained_backbone=str(tmp_path / "mnv3.pt"),
+            **TRAIN,
+        )
+    )
+    assert trained.config.frozen_batchnorm
+    assert isinstance(trained.model.backbone.body["0"][1], FrozenBatchNorm2d)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(ValueError, match="not a torchvision mobilenet_v3_large"):
+        load_backbone_weights(detector.model, FAST["arch"], tmp_path / "r18.pt")
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(data_dir, categories):
+    detector = _detector(categories)
+    images, targets = TrainPhotos(read_set(data_dir), list(categories)).batch(
+        2, np.random.default_rng(0), flip=0.5
+    )
+    optimizer = torch.optim.SGD(detector.model.parameters(), lr=0.01, momentum=0.9)
+    losses = [train_step(detector.model, optimizer, images, targets)["loss"] for _ in range(8)]
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+
+
+def test_flip_moves_the_box_with_the_pixels(data_dir, categories):
+    photos = TrainPhotos(read_set(data_dir), list(categories))
+    plain, plain_t = photos.batch(1, np.random.default_rng(5), flip=0.0)
+    flipped, flipped_t = photos.batch(1, np.random.default_rng(5), flip=1.0)
+    width = plain[0].shape[-1]
+    torch.testing.assert_close(flipped[0], plain[0].flip(-1))
+    x1, y1, x2, y2 = plain_t[0]["boxes"][0].tolist()
+    assert flipped_t[0]["boxes"][0].tolist() == pytest.approx([width - x2, y1, width - x1, y2])
+
+
+def test_more_steps_extend_a_finished_run_and_other_settings_are_refused(tmp_path, data_dir):
+    out = tmp_path / "run"
+    first = train_detector(data_dir, out, steps=2, seed=3, **TRAIN)
+    assert Detector.load(first).metadata["step"] == 2
+    history = (out / "history.jsonl").read_text().splitlines()
+    extended = Detector.load(train_detector(data_dir, out, steps=4, seed=3, **TRAIN))
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    assert lines[:2] == history  # continued, not restarted
+    assert extended.metadata["step"] == 4
+    with pytest.raises(ValueError, match="differing: lr"):
+        train_detector(data_dir, out, steps=5, seed=3, lr=0.5, **TRAIN)
+
+
+def test_resume_after_a_kill_matches_a_straight_run(tmp_path, data_dir, monkeypatch):
+    import visnet.detect.train as train_module
+
+    straight = Detector.load(train_detector(data_dir, tmp_path / "straight", steps=4, **TRAIN))
+    calls = []
+
+    def dies_on_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", dies_on_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(data_dir, tmp_path / "killed", steps=4, **TRAIN)
+    monkeypatch.setattr(train_module, "train_step", train_step)
+    resumed = Detector.load(train_detector(data_dir, tmp_path / "killed", steps=4, **TRAIN))
+    for (key, a), b in zip(
+        resumed.model.state_dict().items(), straight.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=key)
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+
+def _truth(*boxes_and_labels) -> GroundTruth:
+    boxes = np.asarray([b for b, _ in boxes_and_labels], np.float32).reshape(-1, 4)
+    return GroundTruth(boxes, [label for _, label in boxes_and_labels])
+
+
+def _pred(*rows) -> Detections:
+    boxes = np.asarray([r[0] for r in rows], np.float32).reshape(-1, 4)
+    return Detections(boxes, [r[1] for r in rows], np.asarray([r[2] for r in rows], np.float32))
+
+
+BOX_A, BOX_B = (10, 10, 50, 50), (60, 20, 100, 90)
+
+
+def test_metrics_perfect_and_empty():
+    truths = [_truth((BOX_A, "a")), _truth((BOX_B, "b"))]
+    perfect = detection_metrics([_pred((BOX_A, "a", 0.9)), _pred((BOX_B, "b", 0.8))], truths, "ab")
+    assert perfect["map@0.5"] == pytest.approx(1.0)
+    assert perfect["box_recall@0.5"] == perfect["box_recall@0.5_class"] == 1.0
+    empty = detection_metrics([Detections.empty(), Detections.empty()], truths, ["a", "b", "c"])
+    assert empty["map@0.5"] == 0.0 and empty["box_recall@0.5"] == 0.0
+    assert empty["ap@0.5"]["c"] is None  # no true box of c: left out of the mean
+
+
+def test_metrics_hand_worked_example():
+    truths = [_truth((BOX_A, "a")), _truth((BOX_A, "a")), _truth((BOX_B, "b"))]
+    predictions = [
+        _pred((BOX_A, "a", 0.9)),
+        _pred((BOX_B, "a", 0.8), (BOX_A, "a", 0.7)),  # a miss ranked above the hit
+        _pred((BOX_B, "a", 0.6)),  # right place, wrong class
+    ]
+    result = detection_metrics(predictions, truths, ["a", "b"])
+    # class a: precision 1, 1/2, 2/3, 2/4 at recall .5, .5, 1, 1 -> AP = .5 * 1 + .5 * 2/3
+    assert result["ap@0.5"]["a"] == pytest.approx(0.5 + 1 / 3)
+    assert result["ap@0.5"]["b"] == 0.0
+    assert result["map@0.5"] == pytest.approx((0.5 + 1 / 3) / 2)
+    assert result["box_recall@0.5"] == 1.0
+    assert result["box_recall@0.5_class"] == pytest.approx(2 / 3)
+    assert result["top1_box_recall@0.5"] == pytest.approx(2 / 3)
+
+
+def test_average_precision_matches_a_naive_loop():
+    rng = np.random.default_rng(0)
+    scores, hits = rng.random(30), rng.random(30) < 0.4
+    positives = int(hits.sum()) + 3
+    order = np.argsort(-scores)
+    points = []
+    for k in range(1, 31):
+        chosen = hits[order[:k]]
+        points.append((chosen.sum() / positives, chosen.mean()))
+    naive = 0.0
+    for i, (recall, _) in enumerate(points):
+        previous = points[i - 1][0] if i else 0.0
+        naive += (recall - previous) * max(p for r, p in points[i:])
+    assert average_precision(scores, hits, positives) == pytest.approx(naive)
+
+
+def test_evaluate_detector_on_the_synthetic_set(data_dir, categories):
+    result = evaluate_detector(_detector(categories), data_dir, split="test", score_threshold=0.0)
+    assert result["photos"] == len(read_set(data_dir).pairs["test"]) and result["skipped"] == 0
+    for key in ("map@0.5", "box_recall@0.5", "box_recall@0.5_class", "top1_box_recall@0.5"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["ms_per_photo_median"] > 0
+    with pytest.raises(ValueError, match="unknown split"):
+        evaluate_detector(_detector(categories), data_dir, split="val")
+
+
+# ---------------------------------------------------------------------------------------- crops
+
+
+def test_crop_with_margin_clips_to_the_image():
+    image = _image(100, 80)
+    assert crop_with_margin(image, (10, 10, 50, 30), margin=0.1).size == (48, 24)
+    assert crop_with_margin(image, (0, 0, 100, 80), margin=0.5).size == (100, 80)
+    assert crop_with_margin(image, (90, 70, 120, 95), margin=0.0).size == (10, 10)
+    assert crop_with_margin(image, (200, 200, 300, 300)).size == (1, 1)
+    assert crop_with_margin(image, (30, 30, 30, 30)).size == (1, 1)
+    with pytest.raises(ValueError, match="margin"):
+        crop_with_margin(image, (0, 0, 10, 10), margin=-0.1)
+
+
+def test_select_objects_and_shop_the_look():
+    detections = _pred(
+        (BOX_A, "dress", 0.9),
+        ((11, 11, 50, 50), "top", 0.8),
+        (BOX_B, "bag", 0.6),
+        (BOX_A, "hat", 0.2),
+    )
+    chosen = select_objects(detections, threshold=0.5, max_objects=5)
+    assert [o.label for o in chosen] == ["dress", "bag"]  # the "top" duplicates the dress
+    assert [o.label for o in select_objects(detections, 0.5, max_objects=1)] == ["dress"]
+    image = _image(120, 100)
+    pairs = shop_the_look(image, detections, threshold=0.5, margin=0.0)
+    assert [crop.size for _, crop in pairs] == [(40, 40), (40, 70)]
+    ((whole, crop),) = shop_the_look(image, Detections.empty())
+    assert whole.label == "" and crop.size == image.size
+    assert shop_the_look(image, Detections.empty(), whole_image_fallback=False) == []
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_train_and_eval(tmp_path, data_dir):
+    from visnet.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli-run"
+    args = ["--data", str(data_dir), "--out", str(out), "--arch", FAST["arch"], "--steps", "1"]
+    args += ["--batch-size", "1", "--min-size", "128", "--max-size", "128", "--threads", "1"]
+    trained = runner.invoke(app, ["detect", "train", *args])
+    assert trained.exit_code == 0, trained.output
+    metrics = tmp_path / "m.json"
+    evaluated = runner.invoke(
+        app,
+        ["detect", "eval", "--data", str(data_dir), "--model", str(out / "detector.pt")]
+        + ["--out", str(metrics), "--limit", "2"],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(metrics.read_text())["photos"] == 2
+    missing = runner.invoke(
+        app, ["detect", "eval", "--data", str(data_dir), "--model", str(tmp_path / "x.pt")]
+    )
+    assert missing.exit_code == 2 and "not found" in missing.output

@@ -1,0 +1,104 @@
+"""From detections to crops: pick the objects worth searching, cut each out with a margin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from visnet.detect.detector import Detections
+
+__all__ = ["DetectedObject", "box_iou", "crop_with_margin", "select_objects", "shop_the_look"]
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    """One object to search for: its box (xyxy pixels), category and score."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+
+
+def crop_with_margin(
+    image: Image.Image, box_xyxy: Sequence[float], margin: float = 0.1
+) -> Image.Image:
+    """The box grown by `margin` of its width and height on every side, clipped to the image.
+
+    Always at least one pixel, even for a degenerate box or one lying outside the image.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0; got {margin}")
+    if len(box_xyxy) != 4:
+        raise ValueError(f"box must be (x1, y1, x2, y2); got {tuple(box_xyxy)}")
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    x1, x2 = min(x1, x2), max(x1, x2)
+    y1, y2 = min(y1, y2), max(y1, y2)
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    width, height = image.size
+    left = _clip(int(np.floor(x1 - dx)), 0, width - 1)
+    top = _clip(int(np.floor(y1 - dy)), 0, height - 1)
+    right = _clip(int(np.ceil(x2 + dx)), left + 1, width)
+    bottom = _clip(int(np.ceil(y2 + dy)), top + 1, height)
+    return image.crop((left, top, right, bottom))
+
+
+def _clip(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two xyxy boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def select_objects(
+    detections: Detections, threshold: float = 0.5, max_objects: int = 5, overlap: float = 0.7
+) -> list[DetectedObject]:
+    """The best detections scoring at least `threshold`, at most `max_objects` of them.
+
+    The detector suppresses duplicates within a category only, so one item can come back as a
+    dress and as a top; a box overlapping a better one by more than `overlap` IoU is dropped.
+    """
+    if max_objects < 1:
+        return []
+    order = np.argsort(-np.asarray(detections.scores), kind="stable")
+    kept: list[DetectedObject] = []
+    for i in order:
+        score = float(detections.scores[i])
+        if score < threshold:
+            break
+        x1, y1, x2, y2 = (float(v) for v in detections.boxes[i])
+        box = (x1, y1, x2, y2)
+        if any(box_iou(box, k.box) > overlap for k in kept):
+            continue
+        kept.append(DetectedObject(box=box, label=detections.labels[i], score=score))
+        if len(kept) == max_objects:
+            break
+    return kept
+
+
+def shop_the_look(
+    image: Image.Image,
+    detections: Detections,
+    threshold: float = 0.5,
+    max_objects: int = 5,
+    margin: float = 0.1,
+    whole_image_fallback: bool = True,
+) -> list[tuple[DetectedObject, Image.Image]]:
+    """Each selected object with its crop, ready to embed and search.
+
+    With nothing detected, the whole photo stands in as one object (label "", score 0), so a
+    search still returns something, unless `whole_image_fallback` is False.
+    """
+    objects = select_objects(detections, threshold, max_objects)
+    if not objects and whole_image_fallback:
+        width, height = image.size
+        return [(DetectedObject((0.0, 0.0, float(width), float(height)), "", 0.0), image)]
+    return [(obj, crop_with_margin(image, obj.box, margin)) for obj in objects]

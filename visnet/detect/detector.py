@@ -1,0 +1,364 @@
+"""The detector: a registry of torchvision Faster R-CNN architectures behind one wrapper."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models import detection
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.transforms.functional import pil_to_tensor
+
+log = logging.getLogger(__name__)
+
+FORMAT = "visnet-detector"
+VERSION = 1
+DEFAULT_ARCH = "mobilenet_v3_large_fpn"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture, and the input size it runs at unless told otherwise."""
+
+    name: str
+    build: Callable[..., FasterRCNN]
+    min_size: int
+    max_size: int
+    box_head_dim: int
+    proposals: int  # region proposals kept per photo at test time: the box head's workload
+    backbone: str  # the torchvision classifier whose state dict initialises the backbone
+    summary: str
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register_arch(spec: ArchSpec) -> ArchSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_arch(name: str) -> ArchSpec:
+    """The registered architecture `name`; an unknown name lists the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown detector architecture {name!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def list_archs() -> list[str]:
+    return list(_REGISTRY)
+
+
+# The MLP box head is most of a MobileNet detector (256*7*7 -> 1024 is 12.8M weights); 512 wide
+# keeps the float16 release file under 25 MB with little to lose for a handful of classes.
+# It runs once per proposal, so the proposal count sets most of the CPU time (1,000 proposals,
+# torchvision's default, take 2.5x the time of 300 at 384 px); shop photos hold few items.
+register_arch(
+    ArchSpec(
+        name="mobilenet_v3_large_fpn",
+        build=detection.fasterrcnn_mobilenet_v3_large_fpn,
+        min_size=384,
+        max_size=640,
+        box_head_dim=512,
+        proposals=300,
+        backbone="mobilenet_v3_large",
+        summary="MobileNetV3-Large FPN, the CPU default",
+    )
+)
+register_arch(
+    ArchSpec(
+        name="mobilenet_v3_large_320_fpn",
+        build=detection.fasterrcnn_mobilenet_v3_large_320_fpn,
+        min_size=320,
+        max_size=640,
+        box_head_dim=512,
+        proposals=150,
+        backbone="mobilenet_v3_large",
+        summary="MobileNetV3-Large FPN at 320 px with fewer proposals: fast",
+    )
+)
+register_arch(
+    ArchSpec(
+        name="resnet50_fpn",
+        build=detection.fasterrcnn_resnet50_fpn,
+        min_size=600,
+        max_size=1000,
+        box_head_dim=1024,
+        proposals=1000,
+        backbone="resnet50",
+        summary="ResNet-50 FPN at 600 px, as in the paper; for GPUs",
+    )
+)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild a detector; stored in its checkpoint."""
+
+    categories: tuple[str, ...]
+    arch: str = DEFAULT_ARCH
+    min_size: int = 0  # 0: the architecture's default
+    max_size: int = 0
+    box_head_dim: int = 0
+    proposals: int = 0
+    frozen_batchnorm: bool = False  # True when the backbone started from pretrained weights
+    score_threshold: float = 0.05
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        spec = get_arch(self.arch)
+        if not self.categories:
+            raise ValueError("a detector needs at least one category")
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"categories must be distinct; got {list(self.categories)}")
+        object.__setattr__(self, "categories", tuple(self.categories))
+        for key in ("min_size", "max_size", "box_head_dim", "proposals"):
+            if getattr(self, key) <= 0:
+                object.__setattr__(self, key, getattr(spec, key))
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["categories"] = list(self.categories)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DetectorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kept: dict[str, Any] = {k: v for k, v in values.items() if k in known}
+        kept["categories"] = tuple(kept.get("categories", ()))
+        return cls(**kept)
+
+
+@dataclass
+class Detections:
+    """The objects found in one image, best first. Boxes are xyxy in the image's own pixels."""
+
+    boxes: np.ndarray  # float32 (n, 4)
+    labels: list[str]
+    scores: np.ndarray  # float32 (n,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), [], np.zeros(0, np.float32))
+
+
+def build_model(config: DetectorConfig) -> FasterRCNN:
+    """An untrained Faster R-CNN for `config`; never downloads anything."""
+    spec = get_arch(config.arch)
+    model = spec.build(
+        weights=None,
+        weights_backbone=None,
+        num_classes=len(config.categories) + 1,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        box_score_thresh=config.score_threshold,
+        box_detections_per_img=config.max_detections,
+        rpn_pre_nms_top_n_test=config.proposals,
+        rpn_post_nms_top_n_test=config.proposals,
+    )
+    resolution = model.roi_heads.box_roi_pool.output_size[0]
+    in_features = model.backbone.out_channels * resolution**2
+    model.roi_heads.box_head = TwoMLPHead(in_features, config.box_head_dim)
+    model.roi_heads.box_predictor = FastRCNNPredictor(
+        config.box_head_dim, len(config.categories) + 1
+    )
+    if config.frozen_batchnorm:
+        freeze_batchnorm(model.backbone.body)
+    return model
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d under `module` by a FrozenBatchNorm2d with the same statistics.
+
+    Small detection batches give noisy batch statistics; pretrained ones are better kept fixed.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            assert child.running_mean is not None and child.running_var is not None
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def load_backbone_weights(model: FasterRCNN, arch: str, path: str | Path) -> int:
+    """Initialise the backbone from a local torchvision classifier state-dict file.
+
+    Returns how many tensors were loaded. Never downloads: a missing file raises
+    FileNotFoundError with how to make one; a file for another network raises ValueError.
+    """
+    spec, path = get_arch(arch), Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone weights file not found: {path}. VisNet never downloads weights; on a "
+            f"machine with network access save them with `torch.save(torchvision.models."
+            f"{spec.backbone}(weights='DEFAULT').state_dict(), '{path.name}')` and copy it here."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable state-dict file: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    body = model.backbone.body
+    # MobileNet detectors wrap `features` only, so its keys lose the "features." prefix.
+    prefix = "features." if spec.backbone.startswith("mobilenet") else ""
+    wanted = body.state_dict()
+    mapped = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    missing = sorted(k for k in wanted if k not in mapped and "num_batches_tracked" not in k)
+    wrong = sorted(k for k in wanted if k in mapped and mapped[k].shape != wanted[k].shape)
+    if missing or wrong:
+        raise ValueError(
+            f"{path} is not a torchvision {spec.backbone} state dict: missing {missing[:5]}, "
+            f"wrong shapes {wrong[:5]}"
+        )
+    body.load_state_dict({k: mapped[k] for k in wanted if k in mapped}, strict=False)
+    log.info("loaded %s backbone weights from %s", spec.backbone, path)
+    return sum(1 for k in wanted if k in mapped)
+
+
+class Detector:
+    """A Faster R-CNN with its categories and settings; `detect` takes and returns plain values."""
+
+    def __init__(self, config: DetectorConfig, model: FasterRCNN | None = None) -> None:
+        self.config = config
+        self.model = model if model is not None else build_model(config)
+        self.model.eval()
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.config.categories
+
+    def configure(
+        self, score_threshold: float | None = None, max_detections: int | None = None
+    ) -> Detector:
+        """Change the score threshold or the cap on detections per image, in place."""
+        changes: dict[str, Any] = {}
+        if score_threshold is not None:
+            changes["score_threshold"] = float(score_threshold)
+        if max_detections is not None:
+            changes["max_detections"] = int(max_detections)
+        self.config = dataclasses.replace(self.config, **changes)
+        self.model.roi_heads.score_thresh = self.config.score_threshold
+        self.model.roi_heads.detections_per_img = self.config.max_detections
+        return self
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
+        """Objects in each image (PIL, any size), best first, above the score threshold."""
+        if not images:
+            return []
+        self.model.eval()
+        tensors = [to_tensor(image) for image in images]
+        outputs = self.model(tensors)
+        return [self._detections(out) for out in outputs]
+
+    def _detections(self, output: dict[str, torch.Tensor]) -> Detections:
+        order = torch.argsort(output["scores"], descending=True)
+        ids = output["labels"][order].cpu().numpy().astype(np.int64)
+        return Detections(
+            boxes=output["boxes"][order].cpu().numpy().astype(np.float32).reshape(-1, 4),
+            labels=[self.categories[i - 1] for i in ids],
+            scores=output["scores"][order].cpu().numpy().astype(np.float32),
+        )
+
+    def save(
+        self, path: str | Path, extra: dict[str, Any] | None = None, half: bool = False
+    ) -> Path:
+        """Write ``{format, version, config, state_dict, extra}`` atomically (tmp + os.replace)."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": self.config.to_dict(),
+            "state_dict": state,
+            "extra": dict(extra or {}),
+        }
+        return atomic_save(payload, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Detector:
+        """Rebuild a detector from its checkpoint (weights as float32), ready to detect."""
+        payload = read_detector_checkpoint(path)
+        config = DetectorConfig.from_dict(payload["config"])
+        model = build_model(config)
+        state = {
+            k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+        }
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{path}: weights do not fit the stored config {config}: {exc}"
+            ) from exc
+        detector = cls(config, model)
+        detector.metadata = dict(payload.get("extra") or {})
+        return detector
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """A float (3, H, W) tensor in 0..1, as torchvision detectors take it."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return pil_to_tensor(image).float().div_(255.0)
+
+
+def read_detector_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict; a missing file or a file of another kind raises a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"detector weights not found: {path}; train one with `visnet detect train` "
+            "(weights are only ever read from a local file)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable detector checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a VisNet detector checkpoint (no format={FORMAT!r})")
+    if payload.get("version") != VERSION:
+        raise ValueError(
+            f"{path} has detector checkpoint version {payload.get('version')}; need {VERSION}"
+        )
+    return payload
+
+
+def atomic_save(payload: Any, path: Path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
