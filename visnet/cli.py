@@ -92,6 +92,123 @@ def data_check(root: Path = typer.Argument(..., help="A Street2Shop-layout folde
 # --- later stages add their commands below this line ---
 
 
+# ----------------------------------------------------------------------------------------- serve
+
+
+@app.command("serve")
+def serve_command(
+    index: Path | None = typer.Option(None, "--index", help="The index folder to serve."),
+    model: str | None = typer.Option(
+        None, "--model", help="The index's model: checkpoint PATH or embedder name."
+    ),
+    host: str | None = typer.Option(None, "--host", help="Address to bind [127.0.0.1]."),
+    port: int | None = typer.Option(None, "--port", help="Port [8000]."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="VISNET_API_KEY", help="Key for write endpoints (X-API-Key)."
+    ),
+    review_queue: Path | None = typer.Option(None, "--review-queue", help="Review queue file."),
+    detector: Path | None = typer.Option(None, "--detector", help="Detector checkpoint file."),
+    config: Path | None = typer.Option(None, "--config", help="Settings file (TOML or JSON)."),
+) -> None:
+    """Serve search, recommendations and the web page (one process: the index allows one)."""
+    from visnet.service import load_settings, serve
+
+    try:
+        settings = load_settings(
+            config,
+            index=index,
+            model=model,
+            host=host,
+            port=port,
+            api_key=api_key,
+            review_queue=review_queue,
+            detector=detector,
+        )
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    if not (settings.index / "manifest.json").is_file():
+        _fail(f"{settings.index} holds no index; build one first")
+    serve(settings)
+
+
+# ---------------------------------------------------------------------------------------- detect
+
+detect_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the object detector.")
+app.add_typer(detect_app, name="detect")
+
+
+@detect_app.command("train")
+def detect_train(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set (its train boxes)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: last.pt, detector.pt, history."),
+    arch: str = typer.Option("mobilenet_v3_large_fpn", help="Detector architecture."),
+    steps: int = typer.Option(600, help="Optimiser steps."),
+    batch_size: int = typer.Option(4, help="Photos per step."),
+    optimizer: str = typer.Option("sgd", help="sgd or adamw."),
+    lr: float = typer.Option(0.01, help="Peak learning rate."),
+    min_size: int = typer.Option(0, help="Shorter side the detector resizes to (0: arch's)."),
+    max_size: int = typer.Option(0, help="Cap on the longer side (0: the arch's default)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed reproduces a run."),
+    pretrained_backbone: Path | None = typer.Option(
+        None, help="Local torchvision classifier state dict for the backbone."
+    ),
+    checkpoint_every: int = typer.Option(25, help="Save OUT/last.pt every N steps."),
+    max_minutes: float = typer.Option(0.0, help="Stop and save after this long (0: no limit)."),
+    threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+) -> None:
+    """Train a detector on the street boxes; rerun the same command to resume after a kill."""
+    from visnet.detect.train import train_detector
+
+    try:
+        final = train_detector(
+            data,
+            out,
+            arch=arch,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            max_minutes=max_minutes,
+            optimizer=optimizer,
+            min_size=min_size,
+            max_size=max_size,
+            pretrained_backbone=str(pretrained_backbone) if pretrained_backbone else None,
+            checkpoint_every=checkpoint_every,
+            threads=threads,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {final}")
+
+
+@detect_app.command("eval")
+def detect_eval(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
+    model: Path = typer.Option(..., "--model", help="Detector weights (RUN/detector.pt)."),
+    split: str = typer.Option("test", "--split", help="Which street photos to score."),
+    limit: int = typer.Option(0, help="Score at most this many photos (0: all)."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the metrics to FILE.json."),
+    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+) -> None:
+    """Detector mAP@0.5, recall of the true box at IoU 0.5, and time per photo."""
+    import torch
+
+    from visnet.detect.detector import Detector
+    from visnet.detect.evaluate import evaluate_detector
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        result = evaluate_detector(Detector.load(model), data, split=split, limit=limit or None)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    text = json.dumps(result, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    typer.echo(text)
+
+
 # ------------------------------------------------------------------------------------------ eval
 
 

@@ -86,7 +86,7 @@ def load_image(
         raise NotAnImageError(f"not a recognised image format ({len(data)} bytes)") from exc
     except (OSError, SyntaxError, EOFError) as exc:
         message = str(exc)
-        if "truncated" in message or "broken" in message or isinstance(exc, EOFError):
+        if "truncated" in message.lower() or "broken" in message or isinstance(exc, EOFError):
             raise TruncatedImageError(f"image data is truncated or corrupt: {message}") from exc
         raise UnsupportedImageError(f"image could not be decoded: {message}") from exc
     except Image.DecompressionBombError as exc:

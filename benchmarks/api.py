@@ -1,0 +1,325 @@
+"""API load test: a real server in a subprocess, a keep-alive load generator here (loopback only).
+
+Reports requests/s and latency percentiles for ``GET /v1/products/{id}/similar`` (random products)
+and ``POST /v1/search`` (one photo a request), after a warm-up, over several runs (median kept).
+
+    python benchmarks/api.py                                   # tiny synthetic catalog
+    python benchmarks/api.py --model untrained --synthetic 20000
+    python benchmarks/api.py --index data/index --model models/visnet-default.pt
+
+``--synthetic N`` adds N products with random unit vectors (one view each, spread over
+``--categories`` labels) straight through ``CatalogIndex`` before the server starts, and
+precomputes their recommendation lists (``--no-precompute`` to serve them live). The index is
+copied into a work folder first, so the given one is never changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from visnet.index.catalog_index import CatalogIndex
+from visnet.index.products import Product
+from visnet.service.testing import build_tiny_catalog, free_port
+
+HOST = "127.0.0.1"  # never anything else: this tool only loads a server it started itself
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--index", type=Path, help="index folder (default: build a tiny one)")
+    p.add_argument("--model", default="colour-histogram", help="the index's model")
+    p.add_argument("--synthetic", type=int, default=0, help="random products to add")
+    p.add_argument("--categories", type=int, default=10, help="labels for synthetic products")
+    p.add_argument("--no-precompute", dest="precompute", action="store_false")
+    p.add_argument("--cache-size", type=int, default=10_000, help="server /similar cache (0: off)")
+    p.add_argument("--concurrency", type=int, default=16, help="connections for /similar")
+    p.add_argument("--requests", type=int, default=10_000, help="per /similar run")
+    p.add_argument("--search-concurrency", type=int, default=2)
+    p.add_argument("--search-requests", type=int, default=200, help="per /search run")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--max-seconds", type=float, default=30.0, help="cap on one run")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--random-photos", action="store_true", help="search with 480x480 JPEGs, not catalog ones"
+    )
+    p.add_argument(
+        "--phases",
+        type=lambda v: v.split(","),
+        default=["similar", "search"],
+        help="similar,search",
+    )
+    return p.parse_args()
+
+
+# ---- preparing the index ---------------------------------------------------------------------
+
+
+def prepare_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]:
+    """The index to serve (a copy) and the folder of photos to search with, if any."""
+    if args.index is None:
+        from visnet.data.synthetic import make_synthetic_set
+        from visnet.features.registry import get_embedder
+        from visnet.index.build import build_index
+
+        if args.model == "colour-histogram":
+            root, index = build_tiny_catalog(work)
+        else:
+            root, index = work / "set", work / "index"
+            make_synthetic_set(root, seed=0)
+            build_index(root, get_embedder(args.model), index, dim=0)
+        return index, root / "photos"
+    index = work / "index"
+    shutil.copytree(args.index, index, ignore=shutil.ignore_patterns("*.lock"))
+    build = (
+        json.loads((index / "build.json").read_text()) if (index / "build.json").is_file() else {}
+    )
+    root = Path(build["catalog_root"]) / "photos" if build.get("catalog_root") else None
+    return index, root if root and root.is_dir() else None
+
+
+def add_synthetic(
+    index_dir: Path, n: int, categories: int, precompute: bool, seed: int = 0
+) -> dict:
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    index = CatalogIndex.open(index_dir, model_fingerprint=manifest["model_fingerprint"])
+    rng, dim, timings = np.random.default_rng(seed), manifest["embedding_dim"], {}
+    try:
+        start = time.perf_counter()
+        for lo in range(0, n, 10_000):
+            hi = min(n, lo + 10_000)
+            vectors = rng.standard_normal((hi - lo, dim)).astype(np.float32)
+            items = [
+                (
+                    Product(f"syn-{i:07d}", f"cat-{i % categories}", f"synthetic {i}"),
+                    vectors[j : j + 1],
+                )
+                for j, i in enumerate(range(lo, hi))
+            ]
+            index.upsert_many(items)
+        timings["insert_s"] = round(time.perf_counter() - start, 1)
+        if precompute:
+            start = time.perf_counter()
+            index.precompute_similar(k=20)
+            timings["precompute_s"] = round(time.perf_counter() - start, 1)
+        index.snapshot()
+        return timings
+    finally:
+        index.close()
+
+
+def product_ids(index_dir: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(index_dir / "products.sqlite") as db:
+        return [row[0] for row in db.execute("SELECT id FROM products")]
+
+
+# ---- the server ------------------------------------------------------------------------------
+
+
+def start_server(
+    index: Path, model: str, port: int, cache_size: int, log: Path
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "VISNET_SIMILAR_CACHE_SIZE": str(cache_size),
+        "VISNET_REFRESH_AFTER_S": "0",
+    }
+    command = [str(Path(sys.executable).parent / "visnet"), "serve", "--index", str(index)]
+    command += ["--model", model, "--host", HOST, "--port", str(port)]
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("server did not become ready in 300 s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+# ---- the load generator ----------------------------------------------------------------------
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(
+        int(v)
+        for k, _, v in (line.partition(":") for line in lines[1:])
+        if k.lower() == "content-length"
+    )
+    return status, await reader.readexactly(length)
+
+
+async def worker(
+    port: int, requests: list[bytes], budget: list[int], deadline: float, out: dict
+) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            request = random.choice(requests)
+            start = time.perf_counter()
+            writer.write(request)
+            status, _ = await read_response(reader)
+            out["latencies"].append(time.perf_counter() - start)
+            out["errors"] += status != 200
+    finally:
+        writer.close()
+
+
+async def load(
+    port: int, requests: list[bytes], total: int, concurrency: int, seconds: float
+) -> dict:
+    out: dict = {"latencies": [], "errors": 0}
+    budget, start = [total], time.perf_counter()
+    deadline = start + seconds
+    await asyncio.gather(
+        *(worker(port, requests, budget, deadline, out) for _ in range(concurrency))
+    )
+    elapsed = time.perf_counter() - start
+    ms = np.asarray(out["latencies"]) * 1000
+    return {
+        "requests": len(ms),
+        "errors": out["errors"],
+        "rps": round(len(ms) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
+
+
+def get_request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+
+def search_request(photo: bytes) -> bytes:
+    boundary = "visnetbench"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/search HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def photos(folder: Path | None, count: int = 32) -> list[bytes]:
+    if folder is not None:
+        files = sorted(folder.glob("*.jpg"))[:count]
+        if files:
+            return [f.read_bytes() for f in files]
+    rng, out = np.random.default_rng(0), []
+    for _ in range(count):  # no photos: smooth random 480x480 images, JPEG-encoded
+        small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(small).resize((480, 480), Image.Resampling.BICUBIC).save(buffer, "JPEG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def run_phase(name: str, port: int, requests: list[bytes], total: int, conc: int, args) -> dict:
+    asyncio.run(load(port, requests, max(conc * 4, total // 10), conc, 5.0))  # warm-up
+    runs = [
+        asyncio.run(load(port, requests, total, conc, args.max_seconds)) for _ in range(args.runs)
+    ]
+    best = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+    for run in runs:
+        print(f"  {name:8s} {json.dumps(run)}")
+    return {"median_run": best, "runs": runs, "concurrency": conc}
+
+
+def measure(args: argparse.Namespace, port: int, ids: list[str], photo_dir: Path | None) -> dict:
+    results: dict = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
+    if "similar" in args.phases:
+        picked = random.Random(0).sample(ids, min(len(ids), 50_000))
+        similar = [get_request(f"/v1/products/{pid}/similar?k={args.k}") for pid in picked]
+        results["similar"] = run_phase(
+            "similar", port, similar, args.requests, args.concurrency, args
+        )
+    if "search" in args.phases:
+        searches = [search_request(p) for p in photos(None if args.random_photos else photo_dir)]
+        results["search"] = run_phase(
+            "search", port, searches, args.search_requests, args.search_concurrency, args
+        )
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics") as response:
+        text = response.read().decode()
+    results["similar_sources"] = [
+        line for line in text.splitlines() if line.startswith("visnet_similar_responses_total")
+    ]
+    results["load_average_after"] = os.getloadavg()
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    work = args.work or Path(tempfile.mkdtemp(prefix="visnet-api-bench-"))
+    index, photo_dir = prepare_index(args, work)
+    prep = {}
+    if args.synthetic:
+        prep = add_synthetic(index, args.synthetic, args.categories, args.precompute)
+    ids = product_ids(index)
+    print(f"index {index}: {len(ids):,} products; {prep}")
+    port = free_port()
+    server = start_server(index, args.model, port, args.cache_size, work / "server.log")
+    try:
+        results = {"products": len(ids), "prepare": prep, "cache_size": args.cache_size}
+        results |= measure(args, port, ids, photo_dir)
+    finally:
+        stop_server(server)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: v for k, v in results.items() if k not in args.phases}, indent=2))
+    for name in args.phases:
+        print(f"{name}: {json.dumps(results[name]['median_run'])}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The FastAPI app: `create_app(settings)`; the model and the index load in its lifespan.
+
+One process serves an index. The index folder takes an exclusive file lock (flock) when opened,
+so a second process cannot open it: run uvicorn with one worker (``serve`` does). Concurrency
+comes from inside that process: endpoints are ``async``, and CPU work (decode, detect, embed,
+search, SQLite) runs on the thread pool, where numpy, torch, hnswlib and SQLite release the GIL.
+Writes go through the same process, so a new product is visible at the very next query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files as package_files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from visnet.service import review_routes, routes
+from visnet.service.engine import Engine
+from visnet.service.errors import BodyLimitMiddleware, install_error_handlers
+from visnet.service.metrics import Metrics, MetricsMiddleware
+from visnet.service.schemas import FastJSON
+from visnet.service.settings import ServiceSettings
+
+__all__ = ["create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(str(package_files("visnet.service") / "static"))
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class PageHeadersMiddleware:
+    """Security headers on every response; a strict content policy on the web page's files."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                headers.append((b"referrer-policy", b"no-referrer"))
+                if page:
+                    headers.append((b"content-security-policy", PAGE_POLICY.encode()))
+                    headers.append((b"x-frame-options", b"DENY"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _lifespan(settings: ServiceSettings, metrics: Metrics) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.review_queue is not None:  # checked first: a bad path fails before loading
+            app.state.review = review_routes.ReviewDesk(settings.review_queue, settings.review_root)
+        engine = await run_in_threadpool(Engine.load, settings, metrics)
+        metrics.bind(
+            products=lambda: float(engine.index.count()),
+            fresh=lambda: float(engine.recommendations.fresh),
+        )
+        app.state.engine = engine
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            metrics.ready.set(0)
+            app.state.engine = None
+            await run_in_threadpool(engine.close)
+
+    return lifespan
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """The service for one index and model; nothing loads until the server starts (lifespan)."""
+    metrics = Metrics()
+    app = FastAPI(
+        title="VisNet",
+        version="1",
+        summary="Visual search and visual recommendation for an e-commerce catalog.",
+        lifespan=_lifespan(settings, metrics),
+        default_response_class=FastJSON,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.engine, app.state.review = None, None
+    install_error_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(review_routes.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    # outermost first: metrics see every request (413s included), then headers, then the cap
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(PageHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def serve(settings: ServiceSettings) -> None:
+    """Run the service with uvicorn: one process (the index lock allows no other), httptools and
+    uvloop when installed."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=30,
+    )

@@ -1,0 +1,344 @@
+"""The service's work, without HTTP: decode -> detect -> embed -> search, similar, writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visnet.features.base import Embedder
+from visnet.features.registry import checkpoint_path, get_embedder
+from visnet.images import ImageLimits, load_image
+from visnet.index.catalog_index import CatalogIndex, Hit
+from visnet.index.products import Product
+from visnet.service import files
+from visnet.service.freshness import Recommendations
+from visnet.service.metrics import Metrics
+from visnet.service.schemas import dumps
+from visnet.service.settings import ServiceSettings
+
+__all__ = ["Engine", "SearchObject", "load_embedder"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchObject:
+    """One thing to search for in a photo: a detected object's crop, or the whole photo."""
+
+    image: Image.Image
+    box: list[float] | None = None
+    label: str | None = None
+    score: float | None = None
+
+
+class LruCache:
+    """A small thread-safe LRU map; ``clear`` on every catalog write keeps it correct."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._items, self._lock = size, OrderedDict[Hashable, Any](), threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.size < 1:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def load_embedder(model: str) -> tuple[Embedder, str]:
+    """The embedder for a checkpoint path or a baseline name, and the fingerprint the embed job
+    records for it (what the index manifest holds)."""
+    path = Path(model).expanduser()
+    name = f"checkpoint:{path}" if checkpoint_path(model) is None and path.is_file() else model
+    embedder = get_embedder(name)
+    return embedder, str(getattr(embedder, "fingerprint", embedder.name))
+
+
+def _limit_threads(threads: int) -> None:
+    """Cap torch's and BLAS's thread pools for the whole process.
+
+    A request is one image and one query vector: more threads save little, and on a busy machine
+    their spinning barriers cost a lot (measured on 2 shared cores: a 1x256 @ 256x2000 product
+    8 ms with two OpenBLAS threads, 0.03 ms with one; a small CNN forward 700 ms against 16 ms).
+    """
+    if threads < 1:
+        return
+    torch = sys.modules.get("torch")  # loaded by a model or detector; baselines never need it
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - installed with scikit-learn
+        log.warning("threadpoolctl is missing; BLAS keeps its default thread count")
+        return
+    threadpool_limits(limits=threads, user_api="blas")
+
+
+def _catalog_root(settings: ServiceSettings) -> Path | None:
+    if settings.catalog_root is not None:
+        return settings.catalog_root
+    build = settings.index / "build.json"
+    if build.is_file():
+        root = json.loads(build.read_text()).get("catalog_root")
+        return Path(root) if root else None
+    return None
+
+
+class Engine:
+    """Loaded model, index and optional detector, and every operation the routes call.
+
+    Thread-safe: routes call it from the thread pool. At most ``model_workers`` model calls run at
+    once, each on ``compute_threads`` threads (see ``_limit_threads``); index reads run
+    concurrently.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        embedder: Embedder,
+        index: CatalogIndex,
+        detector: Any | None,
+        metrics: Metrics,
+    ) -> None:
+        self.settings, self.embedder, self.index = settings, embedder, index
+        self.detector, self.metrics = detector, metrics
+        self.catalog_root = _catalog_root(settings)
+        self.limits = ImageLimits(
+            max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
+        )
+        self.recommendations = Recommendations(
+            index, settings.precompute_k, settings.refresh_after_s
+        )
+        self.similar_cache = LruCache(settings.similar_cache_size)
+        self.products = LruCache(settings.product_cache_size)
+        self._model_slots = threading.BoundedSemaphore(settings.model_workers)
+        self._write_lock = threading.Lock()
+        self._categories: dict[str, int] | None = None
+
+    @classmethod
+    def load(cls, settings: ServiceSettings, metrics: Metrics) -> Engine:
+        """Load the model, open the index (refusing another model's), load the detector if set."""
+        start = time.perf_counter()
+        embedder, fingerprint = load_embedder(settings.model)
+        detector = None
+        if settings.detector is not None:
+            from visnet.detect import Detector
+
+            detector = Detector.load(settings.detector)
+        _limit_threads(settings.compute_threads)
+        index = CatalogIndex.open(settings.index, model_fingerprint=fingerprint)  # takes the lock
+        engine = cls(settings, embedder, index, detector, metrics)
+        engine.recommendations.start()
+        log.info(
+            "loaded model %s, index %s (%d products), detector %s in %.1fs",
+            embedder.name,
+            settings.index,
+            index.count(),
+            settings.detector or "none",
+            time.perf_counter() - start,
+        )
+        return engine
+
+    def close(self) -> None:
+        if self.recommendations.stop():
+            self.index.close()
+        else:  # closing under a running refresh could free memory it reads; writes are durable
+            log.warning("a recommendation refresh is still running; leaving the index open")
+
+    @property
+    def model_name(self) -> str:
+        return self.embedder.name
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def _timed(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.metrics.time_stage(stage, now - start)
+        return now
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Bytes -> RGB image, or an ``ImageError`` (mapped to 400/413/415 by the routes)."""
+        return load_image(data, self.limits)
+
+    def objects(self, image: Image.Image) -> list[SearchObject]:
+        """Detected objects (crops), or the whole photo when no detector is set or none is found."""
+        if self.detector is None:
+            return [SearchObject(image)]
+        from visnet.detect import shop_the_look
+
+        with self._model_slots:
+            detections = self.detector.detect([image])[0]
+        found = shop_the_look(
+            image, detections, self.settings.detect_threshold, self.settings.max_objects
+        )
+        return [
+            SearchObject(crop, [round(v, 1) for v in obj.box], obj.label, round(obj.score, 4))
+            if obj.label
+            else SearchObject(crop)  # the whole-photo fallback
+            for obj, crop in found
+        ]
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        with self._model_slots:
+            return self.embedder.embed(images)
+
+    def search(self, data: bytes, k: int, category: str | None) -> dict[str, Any]:
+        """Search a photo: one result list per detected object ("shop the look")."""
+        start = t = time.perf_counter()
+        image = self.decode(data)
+        t = self._timed("decode", t)
+        found = self.objects(image)
+        t = self._timed("detect", t) if self.detector is not None else t
+        vectors = self.embed([obj.image for obj in found])
+        t = self._timed("embed", t)
+        known = self.categories()
+        queries = []
+        for obj, vector in zip(found, vectors, strict=True):
+            wanted = category or (obj.label if obj.label in known else None)
+            hits = self.index.search(vector, k, wanted)
+            queries.append(
+                {
+                    "box": obj.box,
+                    "category": wanted,
+                    "label": obj.label,
+                    "score": obj.score,
+                    "results": self.results(hits),
+                }
+            )
+        self._timed("search", t)
+        return {"queries": queries, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
+
+    def product(self, product_id: str) -> Product:
+        """The product (cached until the next write); ``UnknownProductError`` if there is none."""
+        found = self.products.get(product_id)
+        if found is None:
+            generation = self.recommendations.generation
+            found = self.index.get(product_id)
+            if generation == self.recommendations.generation:
+                self.products.put(product_id, found)
+        return found
+
+    def results(self, hits: list[Hit]) -> list[dict[str, Any]]:
+        out = []
+        for hit in hits:
+            product = self.product(hit.product_id)
+            out.append(
+                {
+                    "product_id": hit.product_id,
+                    "title": product.title,
+                    "category": product.category,
+                    "score": round(hit.score, 5),
+                    "image_url": image_url(product, 0),
+                }
+            )
+        return out
+
+    def cached_similar(self, product_id: str, k: int, same_category: bool) -> bytes | None:
+        body = self.similar_cache.get((product_id, k, same_category))
+        if body is not None:
+            self.metrics.similar_source.labels("cache").inc()
+        return body
+
+    def similar(self, product_id: str, k: int, same_category: bool) -> bytes:
+        """The serialised /similar answer: precomputed when fresh and long enough, else live."""
+        generation = self.recommendations.generation
+        hits, source = None, "live"
+        if same_category and self.recommendations.fresh:
+            self.product(product_id)  # unknown ids raise here (from the cache when warm)
+            stored = self.index.products.recommendations(product_id)  # deleted ones skipped
+            if len(stored) >= k:
+                hits, source = [Hit(p, s) for p, s in stored[:k]], "precomputed"
+        if hits is None:
+            hits = self.index.similar(product_id, k, same_category)
+        self.metrics.similar_source.labels(source).inc()
+        body = dumps({"product_id": product_id, "source": source, "results": self.results(hits)})
+        if generation == self.recommendations.generation:  # no write raced this answer
+            self.similar_cache.put((product_id, k, same_category), body)
+        return body
+
+    def categories(self) -> dict[str, int]:
+        """Category -> product count (cached until the next write)."""
+        found = self._categories
+        if found is None:
+            generation, store = self.recommendations.generation, self.index.products
+            found = {c: store.count(c) for c in store.categories()}
+            if generation == self.recommendations.generation:
+                self._categories = found
+        return found
+
+    def image_file(self, product_id: str, view: int) -> Path | None:
+        """The file of one product view, under the catalog root or the uploads folder; else None."""
+        product = self.product(product_id)
+        if not 0 <= view < len(product.images):
+            return None
+        return files.product_image(product.images[view], self.catalog_root, self.index.path)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def _invalidate(self) -> None:
+        self.similar_cache.clear()
+        self.products.clear()
+        self._categories = None
+
+    def ingest(
+        self, product_id: str, category: str, title: str, images: list[bytes]
+    ) -> tuple[Product, bool]:
+        """Create or replace a product from image bytes: decode all (any bad one fails the whole
+        request, nothing written), embed, store the files, upsert. Visible to the next query."""
+        decoded = [self.decode(data) for data in images]
+        vectors = self.embed(decoded)
+        with self._write_lock:
+            created = product_id not in self.index.products
+            refs = files.save_uploads(self.index.path, product_id, decoded)
+            product = Product(product_id, category, title, refs, {"source": "api"})
+            self.recommendations.mark_stale()
+            try:
+                self.index.upsert(product, vectors)
+            except BaseException:
+                files.remove_uploads(self.index.path, product_id, keep=self._current(product_id))
+                raise
+            finally:
+                self._invalidate()
+            files.remove_uploads(self.index.path, product_id, keep=refs)
+        return self.index.get(product_id), created
+
+    def _current(self, product_id: str) -> tuple[str, ...]:
+        return self.index.get(product_id).images if product_id in self.index.products else ()
+
+    def delete(self, product_id: str) -> None:
+        """Remove a product, its vectors and its uploaded files; ``UnknownProductError`` if none."""
+        with self._write_lock:
+            self.recommendations.note_write()  # answers computed meanwhile must not be cached
+            try:
+                self.index.delete(product_id)
+            finally:
+                self._invalidate()
+            files.remove_uploads(self.index.path, product_id)
+
+
+def image_url(product: Product, view: int) -> str | None:
+    return f"/v1/images/{product.id}/{view}" if view < len(product.images) else None

@@ -1,0 +1,95 @@
+"""The only place the service maps image references to files: under a fixed root, or refused."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from visnet.service.schemas import PRODUCT_ID_PATTERN
+
+__all__ = ["UPLOAD_PREFIX", "remove_uploads", "resolve_under", "save_uploads"]
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PREFIX = "index:"  # an image ref relative to the index folder (uploads), not the catalog
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+
+
+def resolve_under(root: Path | None, ref: str) -> Path | None:
+    """``root/ref`` if it is an existing image file inside ``root`` (symlinks resolved), else None.
+
+    Absolute refs, ``..`` escapes, symlinks pointing out, and other file types are all refused.
+    """
+    if root is None or not ref or "\x00" in ref:
+        return None
+    relative = PurePosixPath(ref.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts:
+        return None
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base) or target.suffix.lower() not in MEDIA_TYPES:
+        return None
+    return target if target.is_file() else None
+
+
+def media_type(path: Path) -> str:
+    return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
+def product_image(ref: str, catalog_root: Path | None, index_dir: Path) -> Path | None:
+    """A product image ref -> its file: uploads live under the index folder, the rest under the
+    catalog root."""
+    if ref.startswith(UPLOAD_PREFIX):
+        rest = ref[len(UPLOAD_PREFIX) :]
+        return resolve_under(index_dir, rest) if rest.startswith("uploads/") else None
+    return resolve_under(catalog_root, ref)
+
+
+def _upload_folder(index_dir: Path, product_id: str) -> Path:
+    if not re.fullmatch(PRODUCT_ID_PATTERN, product_id):  # no "..", no "/": stays in uploads/
+        raise ValueError(f"product id {product_id!r} does not match {PRODUCT_ID_PATTERN}")
+    return index_dir / "uploads" / product_id
+
+
+def save_uploads(index_dir: Path, product_id: str, images: list[Image.Image]) -> tuple[str, ...]:
+    """Write decoded images as fresh JPEG files (no EXIF, upright) and return their refs.
+
+    Re-encoding drops metadata (camera, location) and anything a crafted file carried besides
+    pixels. Names are new on every call, so a replaced product's old files stay valid until
+    ``remove_uploads`` runs after the index write.
+    """
+    folder = _upload_folder(index_dir, product_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    refs = []
+    for view, image in enumerate(images):
+        name = f"{token}-{view}.jpg"
+        tmp = folder / f".{name}.tmp"
+        image.save(tmp, format="JPEG", quality=92)
+        tmp.replace(folder / name)
+        refs.append(f"{UPLOAD_PREFIX}uploads/{product_id}/{name}")
+    return tuple(refs)
+
+
+def remove_uploads(index_dir: Path, product_id: str, keep: tuple[str, ...] = ()) -> None:
+    """Delete a product's uploaded files except ``keep`` (its current refs)."""
+    folder = _upload_folder(index_dir, product_id)
+    if not folder.is_dir():
+        return
+    kept = {PurePosixPath(ref).name for ref in keep if ref.startswith(UPLOAD_PREFIX)}
+    if not kept:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in folder.iterdir():
+        if path.name not in kept:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""Prometheus metrics: request counts and latencies by route and status, model and index gauges."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The service's metrics in their own registry (several apps in one process do not clash)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "visnet_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "visnet_http_request_duration_seconds",
+            "Time from request to the end of the response, by route template and method.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "visnet_stage_duration_seconds",
+            "Time spent in one stage of a request (decode, detect, embed, search).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.similar_source = Counter(
+            "visnet_similar_responses",
+            "Similar-product answers by source (precomputed list, live search, response cache).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.products = Gauge(
+            "visnet_index_products", "Products in the catalog index.", registry=self.registry
+        )
+        self.fresh = Gauge(
+            "visnet_recommendations_fresh",
+            "1 when the precomputed recommendation lists postdate the last catalog write.",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "visnet_ready", "1 when the model and the index are loaded.", registry=self.registry
+        )
+
+    def bind(self, products: Callable[[], float], fresh: Callable[[], float]) -> None:
+        """Read the index gauges from callbacks at scrape time (never stale, no bookkeeping)."""
+        self.products.set_function(products)
+        self.fresh.set_function(fresh)
+
+    def time_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template (`/v1/products/{product_id}`), never the raw path."""
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(candidate, "path", "other"))
+    return "unmatched"  # unknown paths share one label, so scanners cannot blow up cardinality
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request (pure ASGI: no per-request task or body copy)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route, method = route_label(scope), scope["method"]
+            self.metrics.requests.labels(route, method, str(status[0])).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)

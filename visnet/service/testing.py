@@ -1,0 +1,104 @@
+"""Test and benchmark helpers: a real server in a thread, a tiny catalog, a review queue."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+__all__ = ["build_tiny_catalog", "free_port", "running_server", "seed_review_queue"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(app: FastAPI, port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 in a background thread; yields the base URL.
+
+    The lifespan runs as in production (model and index load before the first request).
+    """
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", workers=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the test server on port {port} did not start; see the log")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+def build_tiny_catalog(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The synthetic set under ``folder/set`` and its colour-histogram index under
+    ``folder/index`` (full dimension, recommendations precomputed). Takes well under a second."""
+    from visnet.data.synthetic import make_synthetic_set
+    from visnet.features.registry import get_embedder
+    from visnet.index.build import build_index
+
+    root, index = folder / "set", folder / "index"
+    make_synthetic_set(root, seed=seed)
+    build_index(root, get_embedder("colour-histogram"), index, dim=0)
+    return root, index
+
+
+def triplet_lines(root: Path, count: int = 3) -> list[dict[str, Any]]:
+    """Wild triplets from a Street2Shop-layout set: street crop, its product, another product."""
+    from visnet.data.street2shop import read_set
+
+    data = read_set(root)
+    views: dict[str, list[str]] = {}
+    for shop in data.shop:
+        path = data.photo_path(shop.photo)
+        if path is not None:
+            views.setdefault(str(shop.product), []).append(path.relative_to(root).as_posix())
+    lines = []
+    for pair in data.pairs["train"][:count]:
+        street = data.photo_path(pair.photo)
+        others = [p for p in views if p != str(pair.product)]
+        if street is None or not others:
+            continue
+        lines.append(
+            {
+                "query": {
+                    "image": street.relative_to(root).as_posix(),
+                    "bbox": pair.bbox.to_json(),
+                },
+                "positive": {"image": views[str(pair.product)][0]},
+                "negative": {"image": views[others[0]][0]},
+                "kind": "wild",
+                "category": pair.category,
+                "query_product": str(pair.product),
+                "positive_product": str(pair.product),
+                "negative_product": others[0],
+            }
+        )
+    return lines
+
+
+def seed_review_queue(root: Path, path: Path, count: int = 3) -> Path:
+    """A review queue file with ``count`` pending wild triplets over the set at ``root``."""
+    from visnet.triplets.review import ReviewQueue
+
+    with ReviewQueue(path) as queue:
+        queue.add(triplet_lines(root, count), root=root)
+    return path
