@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -98,6 +99,7 @@ def evaluate(
         "skipped": _skipped_summary(queries, shop),
         "overall": _recalls(rankings, [p.product for p in pairs], ks),
         "per_category": _per_category(data, split, pairs, rankings, queries, shop.ids, ks),
+        "per_kind": _per_kind(Path(data_root), pairs, rankings, ks),
         "recommendation": _recommendation(data, shop.ids, shop_vectors),
         "embeddings": {"catalog": shop.source, "queries": queries.source},
     }
@@ -288,6 +290,26 @@ def _recalls(rankings: list[list[int]], truth: list[int], ks: list[int]) -> dict
     if not truth:
         return {f"recall@{k}": None for k in ks}
     return {f"recall@{k}": round(v, 4) for k, v in recall_at_k(rankings, truth, ks).items()}
+
+
+def _per_kind(
+    root: Path, pairs: list[StreetPair], rankings: list[list[int]], ks: list[int]
+) -> dict[str, dict[str, Any]]:
+    """Recall by product kind (`attributes.kind` in catalog.jsonl: "photo" or "clipart")."""
+    kinds: dict[int, str] = {}
+    catalog = root / "catalog.jsonl"
+    if catalog.is_file():
+        for line in catalog.read_text(encoding="utf-8").splitlines():
+            item = json.loads(line) if line.strip() else {}
+            kind = (item.get("attributes") or {}).get("kind")
+            if kind and str(item.get("id", "")).isdigit():
+                kinds[int(item["id"])] = str(kind)
+    table: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(kinds.values())):
+        chosen = [i for i, p in enumerate(pairs) if kinds.get(p.product) == kind]
+        truth = [pairs[i].product for i in chosen]
+        table[kind] = {**_recalls([rankings[i] for i in chosen], truth, ks), "queries": len(chosen)}
+    return table
 
 
 def _per_category(

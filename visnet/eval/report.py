@@ -276,6 +276,8 @@ def render_report(
     if results:
         lines += ["", "## Top-20 recall per category (%)", "", *_paper_table(results)]
         lines += ["", "## Overall recall@k (%)", "", *_recall_table(results)]
+        if any(r.get("per_kind") for _, r in results):
+            lines += ["", "## Recall@1 by product kind (%)", "", *_kind_table(results)]
         lines += ["", "## Recommendation quality (catalog to catalog)", "", *_reco_table(results)]
         lines += ["", f"![recall per method]({PLOT_NAME})"]
     if skipped:
@@ -330,6 +332,26 @@ def _paper_table(results: list[tuple[str, dict]]) -> list[str]:
     lines.append("| *queries* | " + " | ".join(counts) + f" | {results[0][1]['queries']} |")
     paper = ", ".join(f"{c} {v}" for c, v in PAPER_TOP20.items())
     return lines + ["", f"For scale, the paper's VisNet on Exact Street2Shop (top-20, %): {paper}."]
+
+
+def _kind_table(results: list[tuple[str, dict]]) -> list[str]:
+    """Real-photo cut-outs against clip art: real shops photograph their products."""
+    kinds = sorted({k for _, r in results for k in r.get("per_kind") or {}})
+    lines = [
+        "| method | " + " | ".join(f"{k} r@1 | {k} r@20" for k in kinds) + " |",
+        "| --- | " + " | ".join("---: | ---:" for _ in kinds) + " |",
+    ]
+    for label, r in results:
+        rows = r.get("per_kind") or {}
+        cells = [
+            f"{_pct(row.get('recall@1'))} | {_pct(row.get('recall@20'))}"
+            for row in (rows.get(k) or {} for k in kinds)
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    counts = ", ".join(
+        f"{k}: {(results[0][1].get('per_kind') or {}).get(k, {}).get('queries', 0)}" for k in kinds
+    )
+    return lines + ["", f"Queries by kind: {counts}."]
 
 
 def _recall_table(results: list[tuple[str, dict]]) -> list[str]:
