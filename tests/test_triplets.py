@@ -40,7 +40,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(**overrides: Any) -> CatalogTripletSettings:
-    values: dict[str, Any] = {"scorers": SCORERS, "per_product": PER_PRODUCT, "progress": False}
+    values: dict[str, Any] = {
+        "scorers": SCORERS,
+        "per_product": PER_PRODUCT,
+        "progress": False,
+        "split": "all",
+    }
     return CatalogTripletSettings(**(values | overrides))
 
 
@@ -155,7 +160,8 @@ def test_catalog_ranks_match_a_naive_recomputation(
 def test_catalog_cli_writes_a_file_the_trainer_reads(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "catalog.jsonl"
     args = ["triplets", "catalog", "--data", str(data), "--out", str(out)]
-    result = CliRunner().invoke(app, [*args, "--scorers", "colour=1", "--per-product", "2"])
+    options = ["--scorers", "colour=1", "--per-product", "2", "--split", "all"]
+    result = CliRunner().invoke(app, [*args, *options])
     assert result.exit_code == 0, result.output
     assert '"scaled_categories"' in result.output
     lines = [json.loads(t) for t in out.read_text().splitlines()]
@@ -209,3 +215,11 @@ def test_wild_cli(data: Path, tmp_path: Path) -> None:
     assert triplets and all(t.kind == "wild" and t.query.bbox is not None for t in triplets)
     bad = CliRunner().invoke(app, [*args, "--split", "val"])
     assert bad.exit_code == 2 and "unknown split" in bad.output
+
+
+def test_train_split_keeps_test_products_out(data: Path) -> None:
+    lines, _ = generate_catalog_triplets(data, _settings(split="train"))
+    test_products = {p.product for p in read_set(data).pairs["test"]}
+    used = {line[key] for line in lines for key in ("query_product", "positive_product")}
+    used |= {line["negative_product"] for line in lines}
+    assert lines and not used & test_products

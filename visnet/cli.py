@@ -401,6 +401,9 @@ def triplets_catalog(
     per_product: int = typer.Option(5, help="Triplets per catalog product."),
     in_class_fraction: float = typer.Option(0.3, help="Share of in-class negatives."),
     fusion: str = typer.Option("mean-rank", help="Rank fusion: mean-rank or rrf."),
+    split: str = typer.Option(
+        "train", help="Products of this split only (train keeps test products unseen), or all."
+    ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same triplets."),
 ) -> None:
     """Catalog triplets: positives from the fused BISS top ranks, negatives in- or out-of-class."""
@@ -412,6 +415,7 @@ def triplets_catalog(
             per_product=per_product,
             in_class_fraction=in_class_fraction,
             fusion=fusion,
+            split=split,
             seed=seed,
         )
         summary = write_catalog_triplets(data, out, settings)

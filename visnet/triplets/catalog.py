@@ -62,6 +62,7 @@ class CatalogTripletSettings:
     positive_window: tuple[int, int] = (1, 200)
     negative_window: tuple[int, int] = (500, 1000)
     fusion: str = "mean-rank"
+    split: str = "train"  # products with street photos in this split; "all": the whole catalog
     seed: int = 0
     batch_size: int = 64
     progress: bool = True
@@ -120,11 +121,20 @@ def rank_windows(
     return Windows(candidates, (p_lo, p_hi), neg, scale < 1.0)
 
 
-def catalog_views(root: Path | str) -> list[View]:
-    """Every catalog view of the set whose file exists, in the set's order."""
+def catalog_views(root: Path | str, split: str = "all") -> list[View]:
+    """Every catalog view of the set whose file exists, in the set's order.
+
+    With `split` "train" (or "test"), only products that have street photos in that split: so
+    triplets for training never touch the products the test split reports on.
+    """
     data = read_set(root)
+    keep = None if split == "all" else {p.product for p in data.pairs.get(split, [])}
+    if keep is not None and not keep:
+        raise ValueError(f"{root}: split {split!r} has no products; use --split all")
     views = []
     for shop in data.shop:
+        if keep is not None and shop.product not in keep:
+            continue
         path = data.photo_path(shop.photo)
         if path is None:
             log.warning(
@@ -176,7 +186,7 @@ def generate_catalog_triplets(
     weights = {spec: w for spec, w in parse_weights(settings.scorers).items() if w > 0}
     scorers = {spec: get_scorer(spec) for spec in weights}
     started = time.perf_counter()
-    all_views = catalog_views(root)
+    all_views = catalog_views(root, settings.split)
     vectors, kept, skipped = embed_views(all_views, scorers, settings.batch_size, settings.progress)
     views = [all_views[i] for i in kept]
     embed_s = time.perf_counter() - started
