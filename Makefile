@@ -5,12 +5,23 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DATA := data/demo
+INDEX := data/demo-index
+QUEUE := data/review.sqlite
+MODEL := models/visnet-default.pt
+PORT ?= 8000
+API_KEY ?= demo-key
 
 .PHONY: demo test setup debian lint typecheck clean
 
 demo: setup
 	@if [ ! -f $(DATA)/summary.json ]; then $(BIN)/visnet data demo --out $(DATA); \
 	else echo "demo set already built in $(DATA) (delete it to rebuild):"; cat $(DATA)/summary.json; fi
+	@[ -f $(INDEX)/manifest.json ] || $(BIN)/visnet index build --catalog $(DATA) --model $(MODEL) --out $(INDEX)
+	@[ -f $(QUEUE) ] || { $(BIN)/visnet triplets catalog --data $(DATA) --out data/catalog-triplets.jsonl \
+	    --scorers colour=1,texture=1,deep:$(MODEL)=1 --per-product 1 >/dev/null && \
+	  $(BIN)/visnet review --queue $(QUEUE) --add data/catalog-triplets.jsonl --data $(DATA) --stats; }
+	@echo "serving the demo at http://127.0.0.1:$(PORT)  (API key for writes: $(API_KEY); Ctrl-C stops)"
+	$(BIN)/visnet serve --index $(INDEX) --model $(MODEL) --port $(PORT) --api-key $(API_KEY) --review-queue $(QUEUE)
 
 test: setup
 	$(BIN)/pytest -q
@@ -34,4 +45,4 @@ typecheck: setup
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) data/demo data/demo.partial
+	rm -rf $(VENV) data/
