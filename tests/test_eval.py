@@ -267,3 +267,25 @@ def test_the_shipped_config_loads() -> None:
         "phash",
         "untrained",
     ]
+
+
+def test_detector_crops_run_the_protocol_with_a_detector(tmp_path: Path) -> None:
+    import torch
+
+    from visnet.data.street2shop import read_set
+    from visnet.detect import Detector, DetectorConfig
+    from visnet.eval.protocol import evaluate
+
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=0)
+    torch.manual_seed(0)
+    categories = tuple(read_set(root).categories)
+    config = DetectorConfig(
+        categories=categories, arch="mobilenet_v3_large_320_fpn", min_size=128, max_size=128
+    )
+    path = Detector(config).configure(score_threshold=0.0).save(tmp_path / "d.pt")
+    result = evaluate(root, "colour-histogram", crops="detector", detector=path, progress=False)
+    assert result["crops"] == "detector"
+    assert result["queries"] == len(read_set(root).pairs["test"])
+    with pytest.raises(ValueError, match="needs --detector"):
+        evaluate(root, "colour-histogram", crops="detector", progress=False)

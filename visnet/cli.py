@@ -216,7 +216,10 @@ def detect_eval(
 def eval_command(
     data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
     model: str = typer.Option(..., "--model", help="Embedder name or checkpoint:PATH / PATH.pt."),
-    crops: str = typer.Option("gt", "--crops", help="gt: crop queries by their box; none: whole."),
+    crops: str = typer.Option(
+        "gt", "--crops", help="gt: crop by the true box; none: whole photo; detector: by detection."
+    ),
+    detector: Path | None = typer.Option(None, "--detector", help="Detector for --crops detector."),
     dim: int = typer.Option(0, "--dim", help="Reduce to this many dimensions with PCA (0: off)."),
     split: str = typer.Option("test", "--split", help="Which pairs to query with."),
     out: Path | None = typer.Option(None, "--out", help="Write FILE.json, FILE.md and FILE.png."),
@@ -227,7 +230,15 @@ def eval_command(
     from visnet.eval.report import eval_markdown, write_eval_outputs
 
     try:
-        result = evaluate(data, model, crops=crops, split=split, dim=dim or None, use_cache=cache)
+        result = evaluate(
+            data,
+            model,
+            crops=crops,
+            split=split,
+            dim=dim or None,
+            use_cache=cache,
+            detector=detector,
+        )
         written = write_eval_outputs(result, out) if out else []
     except (FileNotFoundError, ImportError, ValueError) as exc:
         _fail(str(exc))

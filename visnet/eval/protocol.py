@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CROP_MODES", "DEFAULT_KS", "embed_queries", "embed_shop", "evaluate", "reduce_dims"]
 
-CROP_MODES = ("gt", "none")
+CROP_MODES = ("gt", "none", "detector")
+DETECTOR_MARGIN = 0.1  # context added around a detected box, as the service does
 DEFAULT_KS = (1, 5, 10, 20)
 BATCH_SIZE = 64
 READER_THREADS = 2
@@ -63,8 +64,12 @@ def evaluate(
     cache_dir: Path | str | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    detector: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the protocol on `split` of the set at `data_root`; return the JSON-able result.
+
+    `crops="detector"` crops each street photo by the best box of the `detector` checkpoint (the
+    whole photo when it finds nothing), as search does in production.
 
     `embedder` is an Embedder or a registry name. `dim` reduces both sides with a PCA fitted on
     the catalog embeddings. `cache_dir` defaults to DATA/.cache/embeddings. Missing or unreadable
@@ -84,7 +89,12 @@ def evaluate(
         "data": data_fingerprint(data_root),
     }
     shop = embed_shop(data, model, cache, base, progress)
-    queries = embed_queries(data, model, split, crops, cache, base, progress)
+    if crops == "detector" and detector is None:
+        raise ValueError("--crops detector needs --detector PATH (a checkpoint of visnet detect)")
+    boxes = _detector_boxes(data, split, detector, progress) if crops == "detector" else None
+    if boxes is not None:
+        base = {**base, "detector": _file_digest(Path(str(detector)))}
+    queries = embed_queries(data, model, split, crops, cache, base, progress, boxes)
     shop_vectors, query_vectors = reduce_dims(shop.vectors, queries.vectors, dim)
     pairs = [data.pairs[split][i] for i in queries.ids]
     rankings = _rank_queries(data, shop.ids, shop_vectors, pairs, query_vectors, max(ks))
@@ -145,14 +155,62 @@ def embed_queries(
     cache: EmbeddingCache,
     base: dict[str, str],
     progress: bool = True,
+    boxes: dict[int, tuple[float, float, float, float] | None] | None = None,
 ) -> CachedEmbeddings:
-    """Embeddings of the street photos of `split` (ids = indices into data.pairs[split])."""
+    """Embeddings of the street photos of `split` (ids = indices into data.pairs[split]).
+
+    The crop is the true box (`gt`), none, or the `boxes` given per photo id (`detector`).
+    """
     items = [
-        _Item(i, data.photo_path(p.photo), p.bbox.as_xyxy() if crops == "gt" else None)
+        _Item(i, data.photo_path(p.photo), _query_box(p, crops, boxes))
         for i, p in enumerate(data.pairs[split])
     ]
     key = {**base, "kind": "queries", "split": split, "crops": crops}
     return _cached(cache, key, lambda: _embed(items, embedder, f"{split} queries", progress))
+
+
+def _query_box(
+    pair: StreetPair, crops: str, boxes: dict[int, tuple[float, float, float, float] | None] | None
+) -> tuple[float, float, float, float] | None:
+    if crops == "gt":
+        return pair.bbox.as_xyxy()
+    if crops == "detector" and boxes is not None:
+        return boxes.get(pair.photo)
+    return None
+
+
+def _detector_boxes(
+    data: Street2ShopSet, split: str, path: str | Path | None, progress: bool
+) -> dict[int, tuple[float, float, float, float] | None]:
+    """The best detected box of each street photo, grown by a margin; None where none is found."""
+    from visnet.detect import Detector
+
+    detector = Detector.load(str(path))
+    boxes: dict[int, tuple[float, float, float, float] | None] = {}
+    photos = sorted({p.photo for p in data.pairs[split]})
+    for photo in tqdm(photos, desc="detect", unit="img", disable=not progress, leave=False):
+        image_path = data.photo_path(photo)
+        if image_path is None:
+            continue
+        try:
+            image = load_image(image_path)
+        except ImageError:
+            continue
+        found = detector.detect([image])[0]
+        boxes[photo] = _grow(found.boxes[0], image.size) if len(found.boxes) else None
+    return boxes
+
+
+def _grow(box: Any, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = (x1 - x0) * DETECTOR_MARGIN, (y1 - y0) * DETECTOR_MARGIN
+    return (max(0.0, x0 - dx), max(0.0, y0 - dy), min(size[0], x1 + dx), min(size[1], y1 + dy))
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _cached(

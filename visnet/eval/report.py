@@ -54,10 +54,13 @@ class RunSpec:
     model: str
     crops: str = "gt"
     dim: int | None = None
+    detector: str | None = None  # a detector checkpoint, for crops = "detector"
 
     def command(self, data: Path | str) -> str:
         dim = f" --dim {self.dim}" if self.dim else ""
-        return f"visnet eval --data {data} --model {self.model} --crops {self.crops}{dim}"
+        detector = f" --detector {self.detector}" if self.detector else ""
+        crops = f"--crops {self.crops}{detector}"
+        return f"visnet eval --data {data} --model {self.model} {crops}{dim}"
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ def _run_spec(path: Path, index: int, run: Any) -> RunSpec:
         model=run["model"],
         crops=str(run.get("crops", "gt")),
         dim=dim,
+        detector=str(run["detector"]) if run.get("detector") else None,
     )
 
 
@@ -225,6 +229,7 @@ def run_report(
                     dim=spec.dim,
                     use_cache=use_cache,
                     progress=progress,
+                    detector=spec.detector,
                 )
                 results.append((spec, result))
                 continue
@@ -239,6 +244,8 @@ def _unavailable(spec: RunSpec) -> str | None:
     path = checkpoint_path(spec.model)
     if path is not None and not path.is_file():
         return f"model file {path} not found"
+    if spec.detector and not Path(spec.detector).is_file():
+        return f"detector file {spec.detector} not found"
     return None
 
 
