@@ -8,6 +8,7 @@ DATA := data/demo
 INDEX := data/demo-index
 QUEUE := data/review.sqlite
 MODEL := models/visnet-default.pt
+DETECTOR := models/detector-default.pt
 PORT ?= 8000
 API_KEY ?= demo-key
 
@@ -21,7 +22,7 @@ demo: setup
 	    --scorers colour=1,texture=1,deep:$(MODEL)=1 --per-product 1 >/dev/null && \
 	  $(BIN)/visnet review --queue $(QUEUE) --add data/catalog-triplets.jsonl --data $(DATA) --stats; }
 	@echo "serving the demo at http://127.0.0.1:$(PORT)  (API key for writes: $(API_KEY); Ctrl-C stops)"
-	$(BIN)/visnet serve --index $(INDEX) --model $(MODEL) --port $(PORT) --api-key $(API_KEY) --review-queue $(QUEUE)
+	$(BIN)/visnet serve --index $(INDEX) --model $(MODEL) --port $(PORT) --api-key $(API_KEY) --review-queue $(QUEUE) --detector $(DETECTOR)
 
 test: setup
 	$(BIN)/pytest -q
