@@ -35,6 +35,7 @@ from visnet.detect.detector import (
     to_tensor,
 )
 from visnet.images import ImageError, load_image
+from visnet.training.trainer import truncate_history
 
 log = logging.getLogger(__name__)
 
@@ -313,15 +314,8 @@ def _start(
     torch.set_rng_state(saved["torch_rng"])
     run.step = int(saved["step"])
     log.info("resumed from %s at step %d", last, run.step)
-    _truncate_history(out / "history.jsonl", run.step)
+    truncate_history(out / "history.jsonl", run.step)
     return run
-
-
-def _truncate_history(path: Path, step: int) -> None:
-    """Drop lines past the checkpoint: those steps are about to be run again."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
 
 
 def _save_run(run: _Run, settings: DetectTrainSettings, data_dir: str | Path, out: Path) -> None:

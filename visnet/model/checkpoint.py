@@ -69,7 +69,11 @@ def save_checkpoint(
         "state_dict": _state_dict(model, half),
         "extra": extra,
     }
-    path = Path(path)
+    return atomic_torch_save(payload, Path(path))
+
+
+def atomic_torch_save(payload: Any, path: Path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

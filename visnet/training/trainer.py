@@ -34,7 +34,7 @@ from visnet.model import (
     load_model,
     save_checkpoint,
 )
-from visnet.model.checkpoint import read_checkpoint
+from visnet.model.checkpoint import atomic_torch_save, read_checkpoint
 from visnet.training.datasets import (
     ImageBank,
     PairSampler,
@@ -246,11 +246,12 @@ def _start(settings: TrainSettings, out: Path) -> _Run:
     torch.set_rng_state(state["torch_rng"])
     run.step = int(meta["extra"]["step"])
     log.info("resumed from %s at step %d", last, run.step)
-    _truncate_history(out / "history.jsonl", run.step)
+    truncate_history(out / "history.jsonl", run.step)
     return run
 
 
-def _truncate_history(path: Path, step: int) -> None:
+def truncate_history(path: Path, step: int) -> None:
+    """Drop lines past the checkpoint: those steps are about to be run again."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
         path.write_text("".join(ln + "\n" for ln in lines))
@@ -282,9 +283,7 @@ def _save(run: _Run, settings: TrainSettings, out: Path) -> None:
         "numpy_rng": run.rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = out / "last-state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / "last-state.pt")
+    atomic_torch_save(state, out / "last-state.pt")
     save_checkpoint(out / "last.pt", run.model, extra=_extra(settings, run.step))
 
 
