@@ -11,6 +11,13 @@ and ``POST /v1/search`` (one photo a request), after a warm-up, over several run
 ``--categories`` labels) straight through ``CatalogIndex`` before the server starts, and
 precomputes their recommendation lists (``--no-precompute`` to serve them live). The index is
 copied into a work folder first, so the given one is never changed.
+
+Preparing a million products takes a while (insert, then precompute); it can run apart from the
+timed part, which must run on a quiet machine:
+
+    python benchmarks/api.py --index data/demo-index --model models/visnet-default.pt \
+        --synthetic 1000000 --work runs/api-1m --prepare-only     # slow, need not be quiet
+    python benchmarks/api.py --model models/visnet-default.pt --work runs/api-1m --reuse
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.products import Product
@@ -57,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--prepare-only", action="store_true", help="prepare --work, then stop")
+    p.add_argument("--reuse", action="store_true", help="serve the index prepared in --work")
+    p.add_argument("--detector", help="a detector checkpoint for the server (/search crops)")
     p.add_argument(
         "--random-photos", action="store_true", help="search with 480x480 JPEGs, not catalog ones"
     )
@@ -103,7 +114,7 @@ def add_synthetic(
     rng, dim, timings = np.random.default_rng(seed), manifest["embedding_dim"], {}
     try:
         start = time.perf_counter()
-        for lo in range(0, n, 10_000):
+        for lo in tqdm(range(0, n, 10_000), desc="insert", unit="x10k products"):
             hi = min(n, lo + 10_000)
             vectors = rng.standard_normal((hi - lo, dim)).astype(np.float32)
             items = [
@@ -117,7 +128,7 @@ def add_synthetic(
         timings["insert_s"] = round(time.perf_counter() - start, 1)
         if precompute:
             start = time.perf_counter()
-            index.precompute_similar(k=20)
+            index.precompute_similar(k=20, progress=True)
             timings["precompute_s"] = round(time.perf_counter() - start, 1)
         index.snapshot()
         return timings
@@ -136,7 +147,7 @@ def product_ids(index_dir: Path) -> list[str]:
 
 
 def start_server(
-    index: Path, model: str, port: int, cache_size: int, log: Path
+    index: Path, model: str, port: int, cache_size: int, log: Path, detector: str | None = None
 ) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -145,6 +156,8 @@ def start_server(
     }
     command = [str(Path(sys.executable).parent / "visnet"), "serve", "--index", str(index)]
     command += ["--model", model, "--host", HOST, "--port", str(port)]
+    if detector:
+        command += ["--detector", detector]
     with log.open("wb") as sink:
         server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -298,15 +311,33 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    if (args.prepare_only or args.reuse) and args.work is None:
+        sys.exit("--prepare-only and --reuse need --work DIR")
     work = args.work or Path(tempfile.mkdtemp(prefix="visnet-api-bench-"))
-    index, photo_dir = prepare_index(args, work)
-    prep = {}
-    if args.synthetic:
-        prep = add_synthetic(index, args.synthetic, args.categories, args.precompute)
+    prepared = work / "prepared.json"
+    if args.reuse:
+        if not prepared.is_file():
+            sys.exit(f"{work} holds no prepared index; run with --prepare-only first")
+        state = json.loads(prepared.read_text())
+        index, prep = Path(state["index"]), state["prepare"]
+        photo_dir = Path(state["photos"]) if state["photos"] else None
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        prepared.unlink(missing_ok=True)
+        index, photo_dir = prepare_index(args, work)
+        prep = {}
+        if args.synthetic:
+            prep = add_synthetic(index, args.synthetic, args.categories, args.precompute)
+        state = {"index": str(index), "photos": str(photo_dir or ""), "prepare": prep}
+        prepared.write_text(json.dumps(state))
     ids = product_ids(index)
     print(f"index {index}: {len(ids):,} products; {prep}")
+    if args.prepare_only:
+        return
     port = free_port()
-    server = start_server(index, args.model, port, args.cache_size, work / "server.log")
+    server = start_server(
+        index, args.model, port, args.cache_size, work / "server.log", args.detector
+    )
     try:
         results = {"products": len(ids), "prepare": prep, "cache_size": args.cache_size}
         results |= measure(args, port, ids, photo_dir)

@@ -1,11 +1,19 @@
-"""k-NN benchmark: our store beside the raw hnswlib it wraps, exact search, ingest, freshness."""
+"""k-NN benchmark: our store beside the raw hnswlib it wraps, exact search, ingest, freshness.
+
+Queries go one per call, from one thread and then from `--query-threads` threads at once (the
+service searches from a thread pool; hnswlib and our store's read lock let searches overlap).
+
+    python benchmarks/knn.py --n 1000000      # about 20 minutes here, most of it building
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +40,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fresh-trials", type=int, default=50, help="upsert-then-search trials")
     p.add_argument("--runs", type=int, default=3, help="timed runs per point (median kept)")
     p.add_argument("--threads", type=int, default=-1, help="build threads (-1: all cores)")
+    p.add_argument(
+        "--query-threads", type=str, default="1,2", help="concurrent query threads to sweep"
+    )
     p.add_argument("--workdir", type=Path, default=None, help="store folder (default: a tmp dir)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -52,11 +63,35 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
 
 
-def timed_pass(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray):
-    """Queries/s of one pass, one query per call, and the results."""
+def timed_pass(
+    search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, threads: int = 1
+) -> tuple[float, np.ndarray]:
+    """Queries/s of one pass, one query per call from `threads` threads at once, and the results.
+
+    Thread t answers queries t, t + threads, ...; the clock runs from a common start to the
+    last thread's end.
+    """
+    if threads == 1:
+        start = time.perf_counter()
+        found = np.vstack([search(q[None, :]) for q in queries])
+        return len(queries) / (time.perf_counter() - start), found
+    results: list[np.ndarray | None] = [None] * len(queries)
+    barrier = threading.Barrier(threads + 1)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(t, len(queries), threads):
+            results[i] = search(queries[i][None, :])
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
     start = time.perf_counter()
-    found = np.vstack([search(q[None, :]) for q in queries])
-    return len(queries) / (time.perf_counter() - start), found
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    return len(queries) / elapsed, np.vstack(results)
 
 
 def build_raw(x: np.ndarray, args: argparse.Namespace) -> tuple[hnswlib.Index, float]:
@@ -120,8 +155,17 @@ def main() -> None:
     )
 
 
-def sweep(raw, store, queries, truth, args) -> list[tuple[int, float, float, float, float]]:
-    """(ef, raw q/s, store q/s, raw recall, store recall) per ef; runs alternate, median kept."""
+def sweep(raw, store, queries, truth, args) -> list[tuple[int, int, float, float, float, float]]:
+    """(threads, ef, raw q/s, store q/s, raw recall, store recall); runs alternate, median kept."""
+    rows = []
+    for threads in [int(t) for t in args.query_threads.split(",")]:
+        rows += [(threads, *row) for row in _sweep_ef(raw, store, queries, truth, args, threads)]
+    return rows
+
+
+def _sweep_ef(
+    raw, store, queries, truth, args, threads
+) -> list[tuple[int, float, float, float, float]]:
     rows = []
     for ef in [int(e) for e in args.ef.split(",")]:
         raw.set_ef(ef)
@@ -133,10 +177,10 @@ def sweep(raw, store, queries, truth, args) -> list[tuple[int, float, float, flo
         rates: dict[str, list[float]] = {"raw": [], "store": []}
         found = {}
         for search in searches.values():  # warm-up
-            timed_pass(search, queries[:50])
+            timed_pass(search, queries[:50], threads)
         for _ in range(args.runs):
             for name, search in searches.items():
-                rate, found[name] = timed_pass(search, queries)
+                rate, found[name] = timed_pass(search, queries, threads)
                 rates[name].append(rate)
         raw_qps, store_qps = (statistics.median(rates[n]) for n in ("raw", "store"))
         rows.append(
@@ -149,16 +193,17 @@ def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh) -> 
     print(
         f"\n{args.n:,} clustered {args.dim}-D vectors, {args.clusters} clusters, "
         f"k={args.k}, HNSW M={args.M} ef_construction={args.ef_construction}, "
-        f"{args.queries} queries (one per call, 1 thread), median of {args.runs} runs\n"
+        f"{args.queries} queries (one per call), median of {args.runs} runs, "
+        f"{os.cpu_count()} cores\n"
     )
     print(
-        f"{'ef':>4} {'raw q/s':>9} {'store q/s':>10} {'overhead':>9} "
+        f"{'threads':>7} {'ef':>4} {'raw q/s':>9} {'store q/s':>10} {'overhead':>9} "
         f"{'raw R@10':>9} {'store R@10':>11}"
     )
-    for ef, raw_qps, store_qps, raw_r, store_r in rows:
+    for threads, ef, raw_qps, store_qps, raw_r, store_r in rows:
         print(
-            f"{ef:>4} {raw_qps:>9,.0f} {store_qps:>10,.0f} {raw_qps / store_qps - 1:>8.1%} "
-            f"{raw_r:>9.3f} {store_r:>11.3f}"
+            f"{threads:>7} {ef:>4} {raw_qps:>9,.0f} {store_qps:>10,.0f} "
+            f"{raw_qps / store_qps - 1:>8.1%} {raw_r:>9.3f} {store_r:>11.3f}"
         )
     print(
         f"\nexact search (numpy, 1 query/call, {args.exact_queries} queries): "

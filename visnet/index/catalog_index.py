@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from visnet.index.embedded import EmbeddedStore, StoreSettings
 from visnet.index.partitions import HnswParams
@@ -303,12 +304,15 @@ class CatalogIndex:
                 return hits
             fetch *= 4
 
-    def precompute_similar(self, k: int = 20, same_category: bool = True, batch: int = 256) -> int:
+    def precompute_similar(
+        self, k: int = 20, same_category: bool = True, batch: int = 256, progress: bool = False
+    ) -> int:
         """Compute and store every product's ``similar`` list; returns the number of products."""
         groups: dict[tuple[str, str], list[int]] = {}
         for vid, pid, cat in self.products.vector_table():
             groups.setdefault((cat, pid), []).append(vid)
         keys = sorted(groups)
+        bar = tqdm(total=len(keys), desc="precompute", unit="product", disable=not progress)
         for start in range(0, len(keys), batch):
             chunk = keys[start : start + batch]
             lists: dict[str, list[tuple[str, float]]] = {}
@@ -325,6 +329,8 @@ class CatalogIndex:
                     }
                 )
             self.products.put_recommendations(lists)
+            bar.update(len(chunk))
+        bar.close()
         log.info("precomputed %d similar products for %d products", k, len(keys))
         return len(keys)
 
