@@ -29,8 +29,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_summary_has_the_documented_keys(demo: Path) -> None:
     summary = json.loads((demo / "summary.json").read_text())
-    for key in ("products", "categories", "catalog_images", "street_photos", "train_pairs",
-                "test_pairs"):
+    for key in (
+        "products",
+        "categories",
+        "catalog_images",
+        "street_photos",
+        "train_pairs",
+        "test_pairs",
+    ):
         assert key in summary
     assert summary["catalog_images"] >= 2 * summary["products"]
     assert summary["street_photos"] == 3 * summary["products"]

@@ -317,6 +317,14 @@ def test_select_objects_and_shop_the_look():
     assert shop_the_look(image, Detections.empty(), whole_image_fallback=False) == []
 
 
+def test_select_objects_keeps_the_best_doubtful_box_rather_than_none():
+    doubtful = _pred((BOX_B, "bag", 0.3), (BOX_A, "hat", 0.2))
+    assert [o.label for o in select_objects(doubtful, threshold=0.5)] == ["bag"]
+    assert select_objects(doubtful, threshold=0.5, keep_best=False) == []
+    ((obj, crop),) = shop_the_look(_image(120, 100), doubtful, threshold=0.5, margin=0.0)
+    assert (obj.label, crop.size) == ("bag", (40, 70))  # the box, not the whole photo
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 

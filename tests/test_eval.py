@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from visnet.cli import app
+from visnet.data.catalog import CatalogError
 from visnet.data.street2shop import DataFormatError, read_set
 from visnet.data.synthetic import make_synthetic_set
 from visnet.eval.metrics import dedupe_products
@@ -200,7 +201,7 @@ def test_read_variants(tmp_path: Path) -> None:
     assert read_variants(path) == {5: "5", 6: "5", 7: "7"}
     assert read_variants(tmp_path / "absent.jsonl") is None
     path.write_text('{"id": 1}\n{broken\n', encoding="utf-8")
-    with pytest.raises(DataFormatError, match="line 2"):
+    with pytest.raises(CatalogError, match="line 2"):
         read_variants(path)
 
 

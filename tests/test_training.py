@@ -27,8 +27,16 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(data: Path, out: Path, **kw: object) -> TrainSettings:
-    base = dict(data=str(data), out=str(out), steps=4, batch_size=4, val_every=2,
-                checkpoint_every=1, threads=1, warmup_steps=1)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        steps=4,
+        batch_size=4,
+        val_every=2,
+        checkpoint_every=1,
+        threads=1,
+        warmup_steps=1,
+    )
     base.update(kw)
     return TrainSettings(**base)  # type: ignore[arg-type]
 
@@ -62,8 +70,15 @@ def test_same_seed_reproduces_the_run(synthetic: Path, tmp_path: Path) -> None:
 
 
 def test_loss_falls_when_training_on_one_batch_repeatedly(synthetic: Path, tmp_path: Path) -> None:
-    settings = _settings(synthetic, tmp_path / "fit", steps=12, batch_size=8, lr=1e-3,
-                         street_fraction=0.0, val_every=100)
+    settings = _settings(
+        synthetic,
+        tmp_path / "fit",
+        steps=12,
+        batch_size=8,
+        lr=1e-3,
+        street_fraction=0.0,
+        val_every=100,
+    )
     train(settings)
     history = [json.loads(x) for x in (tmp_path / "fit" / "history.jsonl").read_text().splitlines()]
     first, last = history[0]["loss"], sum(h["loss"] for h in history[-3:]) / 3
@@ -74,9 +89,26 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(synthetic: Path, tmp_path
     plain = dict(steps=6, batch_size=4, val_every=2, checkpoint_every=1, threads=1)
     reference = train(TrainSettings(str(synthetic), str(tmp_path / "ref"), **plain))
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "visnet.cli", "train", "--data", str(synthetic), "--out",
-               str(out), "--steps", "6", "--batch-size", "4", "--val-every", "2",
-               "--checkpoint-every", "1", "--threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "visnet.cli",
+        "train",
+        "--data",
+        str(synthetic),
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--val-every",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     process = subprocess.Popen(command, env=env, **quiet)  # type: ignore[call-overload]
@@ -107,8 +139,12 @@ def test_resume_refuses_other_settings(synthetic: Path, tmp_path: Path) -> None:
 
 def test_triplet_file_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
-    good = {"query": {"image": "a.jpg", "bbox": {"left": 1, "top": 2, "width": 3, "height": 4}},
-            "positive": {"image": "b.jpg"}, "negative": {"image": "c.jpg"}, "kind": "wild"}
+    good = {
+        "query": {"image": "a.jpg", "bbox": {"left": 1, "top": 2, "width": 3, "height": 4}},
+        "positive": {"image": "b.jpg"},
+        "negative": {"image": "c.jpg"},
+        "kind": "wild",
+    }
     rejected = {**good, "status": "rejected"}
     path.write_text(json.dumps(good) + "\n" + json.dumps(rejected) + "\n{bad\n")
     with pytest.raises(TripletFileError, match="line 3"):

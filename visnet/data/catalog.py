@@ -28,6 +28,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "missing_images",
     "read_catalog",
+    "read_side_info",
     "write_catalog_jsonl",
 ]
 
@@ -228,3 +229,41 @@ def write_catalog_jsonl(items: Iterable[CatalogItem], path: Path | str) -> Path:
 def missing_images(items: Iterable[CatalogItem]) -> list[CatalogItem]:
     """The items whose image file does not exist (to be skipped and reported, not raised)."""
     return [item for item in items if not item.image.is_file()]
+
+
+def read_side_info(source: Path | str) -> dict[str, dict[str, Any]]:
+    """Product id -> its catalog.jsonl object (title, category, attributes...): side information.
+
+    `source` is a catalog.jsonl file or a folder holding one (a Street2Shop-layout set keeps one
+    beside its meta/). Absent file: an empty mapping. Unlike `read_catalog` it needs no images
+    and checks no paths; a malformed line is a CatalogError naming the file and the line.
+    """
+    path = Path(source)
+    path = path / "catalog.jsonl" if path.is_dir() else path
+    if path.suffix not in JSONL_SUFFIXES or not path.is_file():
+        return {}
+    info: dict[str, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CatalogError(path, lineno, f"not JSON ({exc.msg})") from exc
+            if not isinstance(item, dict) or item.get("id") in (None, ""):
+                raise CatalogError(path, lineno, "not an object with an id")
+            if not isinstance(item.get("attributes") or {}, dict):
+                raise CatalogError(path, lineno, "attributes must be an object")
+            info[str(item["id"])] = item
+    return info
+
+
+def side_attribute(info: dict[str, dict[str, Any]], key: str) -> dict[int, str]:
+    """Numeric product id -> `attributes[key]`, for the products that have it."""
+    out: dict[int, str] = {}
+    for product, item in info.items():
+        value = (item.get("attributes") or {}).get(key)
+        if product.isdigit() and value not in (None, ""):
+            out[int(product)] = str(value)
+    return out

@@ -219,7 +219,7 @@ def _photographic(cut: Image.Image, rng: np.random.Generator) -> Image.Image:
     rgb = cut.convert("RGB")
     rgb = ImageEnhance.Brightness(rgb).enhance(float(rng.uniform(0.65, 1.25)))
     rgb = ImageEnhance.Contrast(rgb).enhance(float(rng.uniform(0.7, 1.2)))
-    arr = np.asarray(rgb, np.float32)
+    arr: np.ndarray = np.asarray(rgb, np.float32)
     h, w = arr.shape[:2]
     gx = np.linspace(-1, 1, w)[None, :] * rng.uniform(-0.25, 0.25)
     gy = np.linspace(-1, 1, h)[:, None] * rng.uniform(-0.25, 0.25)

@@ -271,8 +271,8 @@ def render_all(
     """Write every product's views and street photos; record each street photo's box."""
     backgrounds = []
     for path, _package in background_photos():
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
             image.thumbnail((1024, 1024))
             backgrounds.append(image)
     _STATE.update(
@@ -346,8 +346,8 @@ def contact_sheet(
     boxes = {pair.photo: pair.bbox for split in data.pairs.values() for pair in split}
     for row, product in enumerate(sample):
         for col, photo in enumerate(product.views + product.street):
-            with Image.open(data.root / "photos" / f"{photo}.jpg") as image:
-                image = image.convert("RGB")
+            with Image.open(data.root / "photos" / f"{photo}.jpg") as opened:
+                image = opened.convert("RGB")
                 if photo in boxes:
                     b = boxes[photo]
                     ImageDraw.Draw(image).rectangle(b.as_xyxy(), outline=(255, 0, 0), width=3)

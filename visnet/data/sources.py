@@ -281,13 +281,13 @@ def categorise(relative_folder: str, words: list[str]) -> str | None:
     for category, keywords in KEYWORD_RULES:
         if any(_matches(word, keywords) for word in words):
             return category
-    for prefix, category in FOLDER_RULES:
+    for prefix, folder_category in FOLDER_RULES:
         if relative_folder == prefix or relative_folder.startswith(prefix + "/"):
-            if category in ("home", "stationery", "tools", "food") and any(
+            if folder_category in ("home", "stationery", "tools", "food") and any(
                 _matches(w, KITCHEN_WORDS) for w in words
             ):
                 return "kitchen"
-            return category
+            return folder_category
     if any(_matches(w, KITCHEN_WORDS) for w in words):
         return "kitchen"
     return None

@@ -59,15 +59,24 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def select_objects(
-    detections: Detections, threshold: float = 0.5, max_objects: int = 5, overlap: float = 0.7
+    detections: Detections,
+    threshold: float = 0.5,
+    max_objects: int = 5,
+    overlap: float = 0.7,
+    keep_best: bool = True,
 ) -> list[DetectedObject]:
     """The best detections scoring at least `threshold`, at most `max_objects` of them.
 
     The detector suppresses duplicates within a category only, so one item can come back as a
     dress and as a top; a box overlapping a better one by more than `overlap` IoU is dropped.
+    With none above `threshold`, `keep_best` keeps the single best detection all the same: a
+    street photo holds at least one product, and the best box, even a doubtful one, is a better
+    query than the whole photo (it is what `visnet eval --crops detector` measures).
     """
     if max_objects < 1:
         return []
+    if keep_best and len(detections) and float(np.max(detections.scores)) < threshold:
+        threshold = float(np.max(detections.scores))
     order = np.argsort(-np.asarray(detections.scores), kind="stable")
     kept: list[DetectedObject] = []
     for i in order:
@@ -94,7 +103,8 @@ def shop_the_look(
 ) -> list[tuple[DetectedObject, Image.Image]]:
     """Each selected object with its crop, ready to embed and search.
 
-    With nothing detected, the whole photo stands in as one object (label "", score 0), so a
+    Objects are those of `select_objects` (the best one when none reaches `threshold`). With
+    nothing detected at all, the whole photo stands in as one object (label "", score 0), so a
     search still returns something, unless `whole_image_fallback` is False.
     """
     objects = select_objects(detections, threshold, max_objects)

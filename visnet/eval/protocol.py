@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from visnet.data.catalog import read_side_info, side_attribute
 from visnet.data.street2shop import Street2ShopSet, StreetPair, read_set
 from visnet.eval.cache import (
     CachedEmbeddings,
@@ -354,14 +354,7 @@ def _per_kind(
     root: Path, pairs: list[StreetPair], rankings: list[list[int]], ks: list[int]
 ) -> dict[str, dict[str, Any]]:
     """Recall by product kind (`attributes.kind` in catalog.jsonl: "photo" or "clipart")."""
-    kinds: dict[int, str] = {}
-    catalog = root / "catalog.jsonl"
-    if catalog.is_file():
-        for line in catalog.read_text(encoding="utf-8").splitlines():
-            item = json.loads(line) if line.strip() else {}
-            kind = (item.get("attributes") or {}).get("kind")
-            if kind and str(item.get("id", "")).isdigit():
-                kinds[int(item["id"])] = str(kind)
+    kinds = side_attribute(read_side_info(root), "kind")
     table: dict[str, dict[str, Any]] = {}
     for kind in sorted(set(kinds.values())):
         chosen = [i for i, p in enumerate(pairs) if kinds.get(p.product) == kind]

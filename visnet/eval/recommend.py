@@ -13,7 +13,6 @@ itself is left out.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from visnet.data.street2shop import DataFormatError
+from visnet.data.catalog import read_side_info, side_attribute
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +31,10 @@ CHUNK = 256
 
 def read_variants(path: Path | str) -> dict[int, str] | None:
     """Product id -> variant group (its `variant_of`, else itself); None without any variant."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    groups: dict[int, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(path, f"line {lineno}", exc.msg) from exc
-            product = _as_int(item.get("id") if isinstance(item, dict) else None)
-            if product is None:
-                continue
-            attributes = item.get("attributes") or {}
-            base = attributes.get("variant_of") if isinstance(attributes, dict) else None
-            groups[product] = str(base) if base not in (None, "") else str(product)
-    has_variants = any(group != str(product) for product, group in groups.items())
-    return groups if has_variants else None
+    info = read_side_info(path)
+    bases = side_attribute(info, "variant_of")
+    groups = {int(p): bases.get(int(p), p) for p in info if p.isdigit()}
+    return groups if bases else None
 
 
 def _as_int(value: Any) -> int | None:

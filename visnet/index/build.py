@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from visnet.data.catalog import read_side_info
 from visnet.embed.job import CatalogRow, read_shards, run_embed_job
 from visnet.features.base import Embedder
 from visnet.index.catalog_index import CatalogIndex
@@ -28,14 +29,7 @@ log = logging.getLogger(__name__)
 
 def _titles(source: Path) -> dict[str, dict[str, Any]]:
     """Product id -> {title, attributes} from a catalog.jsonl beside a Street2Shop set."""
-    catalog = source / "catalog.jsonl" if source.is_dir() else source
-    info: dict[str, dict[str, Any]] = {}
-    if catalog.suffix == ".jsonl" and catalog.is_file():
-        for line in catalog.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                item = json.loads(line)
-                info[str(item["id"])] = item
-    return info
+    return read_side_info(source)
 
 
 def _products(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from visnet.data.catalog import read_side_info, side_attribute
 from visnet.data.street2shop import read_set
 from visnet.eval.cache import data_fingerprint
 from visnet.model import (
@@ -167,15 +168,8 @@ def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list
 
 def _variant_groups(root: Path, products: list[int]) -> dict[int, str]:
     """Product -> shape group, from catalog.jsonl's `variant_of` where the set has one."""
-    groups = {p: str(p) for p in products}
-    catalog = root / "catalog.jsonl"
-    if catalog.is_file():
-        for line in catalog.read_text(encoding="utf-8").splitlines():
-            item = json.loads(line) if line.strip() else {}
-            variant_of = (item.get("attributes") or {}).get("variant_of")
-            if str(item.get("id", "")).isdigit() and int(item["id"]) in groups and variant_of:
-                groups[int(item["id"])] = str(variant_of)
-    return groups
+    bases = side_attribute(read_side_info(root), "variant_of")
+    return {p: bases.get(p, str(p)) for p in products}
 
 
 def _sampler(settings: TrainSettings, rows: list[ProductViews], bank: ImageBank, tf: Any) -> Any:
