@@ -187,6 +187,12 @@ def test_detected_objects_give_one_result_list_each(live: Live) -> None:
         assert [q["box"] for q in queries] == [[0, 0, 32, 32], [30, 30, 64, 64]]
         assert [q["category"] for q in queries] == ["circle", None]  # known labels filter
         assert all(r["category"] == "circle" for r in queries[0]["results"])
+        doubtful = Detections(two.boxes[:1], ["circle"], np.array([0.3], np.float32))
+        engine.detector = FakeDetector(doubtful)
+        (query,) = _search(live, image, k="20").json()["queries"]
+        assert query["box"] == [0, 0, 32, 32] and query["label"] == "circle"  # the best box...
+        assert query["category"] is None  # ...but its doubtful label does not filter
+        assert {r["category"] for r in query["results"]} != {"circle"}
         engine.detector = FakeDetector(Detections.empty())
         queries = _search(live, image, k="3").json()["queries"]
         assert len(queries) == 1 and queries[0]["box"] is None  # the whole-photo fallback

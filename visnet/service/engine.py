@@ -218,7 +218,9 @@ class Engine:
         known = self.categories()
         queries = []
         for obj, vector in zip(found, vectors, strict=True):
-            wanted = category or (obj.label if obj.label in known else None)
+            # a doubtful detection (kept because it was the best) gives a box, not a category
+            confident = obj.label in known and obj.score >= self.settings.detect_threshold
+            wanted = category or (obj.label if confident else None)
             hits = self.index.search(vector, k, wanted)
             queries.append(
                 {
