@@ -282,6 +282,19 @@ class ProductStore:
         )
         return [(r[0], float(r[1])) for r in rows]
 
+    def recommended_rows(self, product_id: str) -> list[tuple[str, str, str, int, float]]:
+        """The stored list as ``(id, category, title, image count, score)``, deleted ones skipped.
+
+        One indexed query that parses no JSON: the fast path of a "more like this" request.
+        """
+        rows = self._query(
+            "SELECT p.id, p.category, p.title, json_array_length(p.images), r.score "
+            "FROM recommendations r JOIN products p ON p.id = r.other_id "
+            "WHERE r.product_id = ? ORDER BY r.rank",
+            (product_id,),
+        )
+        return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in rows]
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:

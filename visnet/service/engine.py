@@ -219,7 +219,7 @@ class Engine:
         queries = []
         for obj, vector in zip(found, vectors, strict=True):
             # a doubtful detection (kept because it was the best) gives a box, not a category
-            confident = obj.label in known and obj.score >= self.settings.detect_threshold
+            confident = obj.label in known and (obj.score or 0.0) >= self.settings.detect_threshold
             wanted = category or (obj.label if confident else None)
             hits = self.index.search(vector, k, wanted)
             queries.append(
@@ -265,19 +265,51 @@ class Engine:
             self.metrics.similar_source.labels("cache").inc()
         return body
 
+    def precomputed_similar(self, product_id: str, k: int, same_category: bool) -> bytes | None:
+        """The serialised /similar answer from the stored list, or None (stale, short or absent).
+
+        One indexed SQLite query (about 0.1 ms with 1M products), quick enough to run on the
+        event loop. A product with a stored list exists: deleting a product deletes its list.
+        """
+        if not (same_category and self.recommendations.fresh):
+            return None
+        generation = self.recommendations.generation
+        stored = self.index.products.recommended_rows(product_id)
+        if len(stored) < k:
+            return None
+        results = [
+            {
+                "product_id": pid,
+                "title": title,
+                "category": category,
+                "score": round(score, 5),
+                "image_url": f"/v1/images/{pid}/0" if images else None,
+            }
+            for pid, category, title, images, score in stored[:k]
+        ]
+        return self._answer(product_id, k, same_category, "precomputed", results, generation)
+
     def similar(self, product_id: str, k: int, same_category: bool) -> bytes:
         """The serialised /similar answer: precomputed when fresh and long enough, else live."""
+        body = self.precomputed_similar(product_id, k, same_category)
+        if body is not None:
+            return body
         generation = self.recommendations.generation
-        hits, source = None, "live"
-        if same_category and self.recommendations.fresh:
-            self.product(product_id)  # unknown ids raise here (from the cache when warm)
-            stored = self.index.products.recommendations(product_id)  # deleted ones skipped
-            if len(stored) >= k:
-                hits, source = [Hit(p, s) for p, s in stored[:k]], "precomputed"
-        if hits is None:
-            hits = self.index.similar(product_id, k, same_category)
+        self.product(product_id)  # unknown ids raise here (from the cache when warm)
+        results = self.results(self.index.similar(product_id, k, same_category))
+        return self._answer(product_id, k, same_category, "live", results, generation)
+
+    def _answer(
+        self,
+        product_id: str,
+        k: int,
+        same_category: bool,
+        source: str,
+        results: list[dict[str, Any]],
+        generation: int,
+    ) -> bytes:
         self.metrics.similar_source.labels(source).inc()
-        body = dumps({"product_id": product_id, "source": source, "results": self.results(hits)})
+        body = dumps({"product_id": product_id, "source": source, "results": results})
         if generation == self.recommendations.generation:  # no write raced this answer
             self.similar_cache.put((product_id, k, same_category), body)
         return body

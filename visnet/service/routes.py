@@ -109,7 +109,11 @@ async def similar(
 ) -> Response:
     """Products that look like this one ("more like this"), itself excluded."""
     engine, k = engine_of(request), check_k(request, k)
+    # cached, or one indexed SQLite read of the stored list, here on the event loop: a thread
+    # hop would cost more than the read (benchmarks/api.py, 1M products); else live in a thread
     body = engine.cached_similar(product_id, k, same_category)
+    if body is None:
+        body = engine.precomputed_similar(product_id, k, same_category)
     if body is None:
         body = await run_in_threadpool(engine.similar, product_id, k, same_category)
     return FastJSON(body)
