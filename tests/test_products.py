@@ -89,3 +89,18 @@ def test_recommendations_skip_products_deleted_since(products: ProductStore) -> 
     products.delete("b")
     assert products.recommendations("a") == [("c", 0.5)]
     assert products.vector_table() == [] and np.asarray(products.vector_ids("a")).size == 0
+
+
+def test_recommended_rows_carry_what_a_result_needs_in_one_read(products: ProductStore) -> None:
+    products.upsert(Product("a", "tops", "A"))
+    products.upsert(Product("b", "tops", "Bee", images=("b0.jpg", "b1.jpg")))
+    products.upsert(Product("c", "bags", "Sea"))
+    products.put_recommendations({"a": [("b", 0.9), ("c", 0.5)]})
+    assert products.recommended_rows("a") == [
+        ("b", "tops", "Bee", 2, pytest.approx(0.9)),
+        ("c", "bags", "Sea", 0, 0.5),
+    ]
+    products.upsert(Product("b", "tops", "Bee, renamed"))  # a change shows at once
+    products.delete("c")
+    assert products.recommended_rows("a") == [("b", "tops", "Bee, renamed", 0, pytest.approx(0.9))]
+    assert products.recommended_rows("nobody") == []

@@ -150,6 +150,21 @@ def test_similar_excludes_self_and_ranks(live: Live) -> None:
     assert {r["category"] for r in across.json()["results"]} - {"circle"}
 
 
+def test_precomputed_answers_equal_live_ones(live: Live) -> None:
+    engine = live.app.state.engine  # type: ignore[attr-defined]
+    for pid in ("1", "2", "5"):
+        stored = engine.precomputed_similar(pid, 3, True)
+        assert stored is not None, "the tiny index precomputes every list"
+        served = live.client.get(f"/v1/products/{pid}/similar", params={"k": 3}).json()
+        assert served["source"] in ("precomputed", "cache")
+        fresh = engine.results(engine.index.similar(pid, 3, True))
+        assert [r["product_id"] for r in served["results"]] == [r["product_id"] for r in fresh]
+        for a, b in zip(served["results"], fresh, strict=True):
+            assert {**a, "score": 0} == {**b, "score": 0}
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+    assert engine.precomputed_similar("1", 3, False) is None  # across categories: live only
+
+
 def test_get_product_image_and_categories(live: Live) -> None:
     product = live.client.get("/v1/products/1").json()
     assert product["id"] == "1" and product["category"] == "circle"
