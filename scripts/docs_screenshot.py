@@ -16,18 +16,7 @@ from pathlib import Path
 
 from visnet.data.street2shop import read_set
 from visnet.service import create_app, load_settings
-from visnet.service.testing import running_server
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from visnet.service.testing import CHROMIUM, CHROMIUM_ARGS, running_server
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +35,11 @@ def parse_args() -> argparse.Namespace:
 def pick_photo(data_dir: Path, photo: str | None) -> Path:
     if photo is not None and Path(photo).is_file():
         return Path(photo)
+    if photo is not None and not photo.isdigit():
+        raise SystemExit(f"--photo {photo!r} is neither a file nor a photo id")
     data = read_set(data_dir)
+    if photo is None and not data.pairs.get("test"):
+        raise SystemExit(f"{data_dir} has no test pairs; give --photo")
     photo_id = int(photo) if photo is not None else data.pairs["test"][0].photo
     path = data.photo_path(photo_id)
     if path is None:
@@ -63,7 +56,7 @@ def main() -> None:
         env={}, index=args.index, model=args.model, detector=args.detector, compute_threads=1
     )
     with running_server(create_app(settings)) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.set_default_timeout(60_000)
         page.goto(url + "/")

@@ -13,18 +13,14 @@ import numpy as np
 import pytest
 
 from visnet.service import create_app, load_settings
-from visnet.service.testing import build_tiny_catalog, running_server, seed_review_queue
+from visnet.service.testing import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    build_tiny_catalog,
+    running_server,
+    seed_review_queue,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 KEY = "browser-key-0123456789"
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
 DOCS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "search-page.png"
@@ -62,7 +58,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield launched
         finally:

@@ -13,6 +13,8 @@ from visnet.data.catalog import (
     CatalogItem,
     missing_images,
     read_catalog,
+    read_side_info,
+    side_attribute,
     write_catalog_jsonl,
 )
 
@@ -255,3 +257,21 @@ def test_unknown_type_and_missing_path(tmp_path: Path) -> None:
         read_catalog(tmp_path / "c.xml")
     with pytest.raises(CatalogError, match="no such file"):
         read_catalog(tmp_path / "absent.csv")
+
+
+def test_side_info_reads_attributes_and_names_a_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.jsonl"
+    path.write_text(
+        '{"id": "7", "attributes": {"kind": "photo"}}\n\n{"id": "x", "title": "T"}\n',
+        encoding="utf-8",
+    )
+    info = read_side_info(tmp_path)  # the folder holding catalog.jsonl
+    assert set(info) == {"7", "x"} and info["x"]["title"] == "T"
+    assert side_attribute(info, "kind") == {7: "photo"}
+    assert read_side_info(tmp_path / "absent") == {}
+    path.write_text('{"id": "1"}\n{"title": "no id"}\n', encoding="utf-8")
+    with pytest.raises(CatalogError, match="line 2: missing id"):
+        read_side_info(path)
+    path.write_text('{"id": "1", "attributes": [1]}\n', encoding="utf-8")
+    with pytest.raises(CatalogError, match="line 1: 'attributes' must be an object"):
+        read_side_info(path)

@@ -29,6 +29,7 @@ __all__ = [
     "missing_images",
     "read_catalog",
     "read_side_info",
+    "side_attribute",
     "write_catalog_jsonl",
 ]
 
@@ -150,8 +151,8 @@ def _read_csv(path: Path) -> Iterator[tuple[int, CatalogItem]]:
             raise CatalogError(path, reader.line_num, f"bad CSV: {exc}") from exc
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, CatalogItem]]:
-    root = path.parent.resolve()
+def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; CatalogError naming the line otherwise."""
     with path.open(encoding="utf-8-sig") as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
@@ -162,7 +163,13 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, CatalogItem]]:
                 raise CatalogError(path, line, f"bad JSON: {exc.msg} (column {exc.colno})") from exc
             if not isinstance(row, dict):
                 raise CatalogError(path, line, f"expected a JSON object, got {type(row).__name__}")
-            yield line, _item(path, line, root, row, _json_attributes(path, line, row))
+            yield line, row
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, CatalogItem]]:
+    root = path.parent.resolve()
+    for line, row in _json_objects(path):
+        yield line, _item(path, line, root, row, _json_attributes(path, line, row))
 
 
 def _json_attributes(path: Path, line: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -243,19 +250,11 @@ def read_side_info(source: Path | str) -> dict[str, dict[str, Any]]:
     if path.suffix not in JSONL_SUFFIXES or not path.is_file():
         return {}
     info: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CatalogError(path, lineno, f"not JSON ({exc.msg})") from exc
-            if not isinstance(item, dict) or item.get("id") in (None, ""):
-                raise CatalogError(path, lineno, "not an object with an id")
-            if not isinstance(item.get("attributes") or {}, dict):
-                raise CatalogError(path, lineno, "attributes must be an object")
-            info[str(item["id"])] = item
+    for line, item in _json_objects(path):
+        if item.get("id") in (None, ""):
+            raise CatalogError(path, line, "missing id")
+        _json_attributes(path, line, item)  # an object, or a CatalogError
+        info[str(item["id"])] = item
     return info
 
 

@@ -37,15 +37,6 @@ def read_variants(path: Path | str) -> dict[int, str] | None:
     return groups if bases else None
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def recommendation_quality(
     vectors: np.ndarray,
     products: Sequence[int],

@@ -27,11 +27,6 @@ from visnet.index.products import Product
 log = logging.getLogger(__name__)
 
 
-def _titles(source: Path) -> dict[str, dict[str, Any]]:
-    """Product id -> {title, attributes} from a catalog.jsonl beside a Street2Shop set."""
-    return read_side_info(source)
-
-
 def _products(
     rows: list[CatalogRow], vectors: np.ndarray, info: dict[str, dict[str, Any]], root: Path
 ) -> list[tuple[Product, np.ndarray]]:
@@ -89,7 +84,7 @@ def build_index(
     )
     try:
         items = _products(
-            rows, vectors, _titles(source), source if source.is_dir() else source.parent
+            rows, vectors, read_side_info(source), source if source.is_dir() else source.parent
         )
         for start in tqdm(range(0, len(items), 256), desc="index", unit="batch"):
             index.upsert_many(items[start : start + 256])

@@ -249,13 +249,9 @@ class Engine:
         for hit in hits:
             product = self.product(hit.product_id)
             out.append(
-                {
-                    "product_id": hit.product_id,
-                    "title": product.title,
-                    "category": product.category,
-                    "score": round(hit.score, 5),
-                    "image_url": image_url(product, 0),
-                }
+                result_out(
+                    hit.product_id, product.title, product.category, hit.score, len(product.images)
+                )
             )
         return out
 
@@ -278,13 +274,7 @@ class Engine:
         if len(stored) < k:
             return None
         results = [
-            {
-                "product_id": pid,
-                "title": title,
-                "category": category,
-                "score": round(score, 5),
-                "image_url": f"/v1/images/{pid}/0" if images else None,
-            }
+            result_out(pid, title, category, score, images)
             for pid, category, title, images, score in stored[:k]
         ]
         return self._answer(product_id, k, same_category, "precomputed", results, generation)
@@ -292,8 +282,10 @@ class Engine:
     def similar(self, product_id: str, k: int, same_category: bool) -> bytes:
         """The serialised /similar answer: precomputed when fresh and long enough, else live."""
         body = self.precomputed_similar(product_id, k, same_category)
-        if body is not None:
-            return body
+        return body if body is not None else self.live_similar(product_id, k, same_category)
+
+    def live_similar(self, product_id: str, k: int, same_category: bool) -> bytes:
+        """The serialised /similar answer searched now (``UnknownProductError`` for a bad id)."""
         generation = self.recommendations.generation
         self.product(product_id)  # unknown ids raise here (from the cache when warm)
         results = self.results(self.index.similar(product_id, k, same_category))
@@ -376,3 +368,16 @@ class Engine:
 
 def image_url(product: Product, view: int) -> str | None:
     return f"/v1/images/{product.id}/{view}" if view < len(product.images) else None
+
+
+def result_out(
+    product_id: str, title: str, category: str, score: float, images: int
+) -> dict[str, Any]:
+    """One search or "more like this" result as the API returns it (`images`: view count)."""
+    return {
+        "product_id": product_id,
+        "title": title,
+        "category": category,
+        "score": round(score, 5),
+        "image_url": f"/v1/images/{product_id}/0" if images else None,
+    }

@@ -115,7 +115,7 @@ async def similar(
     if body is None:
         body = engine.precomputed_similar(product_id, k, same_category)
     if body is None:
-        body = await run_in_threadpool(engine.similar, product_id, k, same_category)
+        body = await run_in_threadpool(engine.live_similar, product_id, k, same_category)
     return FastJSON(body)
 
 

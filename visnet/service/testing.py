@@ -1,4 +1,5 @@
-"""Test and benchmark helpers: a real server in a thread, a tiny catalog, a review queue."""
+"""Test and benchmark helpers: a real server in a thread, a tiny catalog, a review queue, and how
+to start Debian's Chromium for the page (headless, no network, never `playwright install`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,25 @@ from typing import Any
 
 from fastapi import FastAPI
 
-__all__ = ["build_tiny_catalog", "free_port", "running_server", "seed_review_queue"]
+__all__ = [
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
+    "build_tiny_catalog",
+    "free_port",
+    "running_server",
+    "seed_review_queue",
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
