@@ -28,7 +28,7 @@ def _check_plain(value: Any, where: str = "extra") -> None:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
-    elif not isinstance(value, _PLAIN):
+    elif not isinstance(value, _PLAIN) or type(value).__module__ == "numpy":
         raise TypeError(
             f"{where} is a {type(value).__name__}; checkpoints hold only plain Python values and "
             "tensors (convert numpy values with .tolist() or float())"

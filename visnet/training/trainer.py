@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from visnet.model import (
     load_model,
     save_checkpoint,
 )
-from visnet.model.checkpoint import atomic_torch_save, read_checkpoint
+from visnet.model.checkpoint import read_checkpoint
 from visnet.training.datasets import (
     ImageBank,
     PairSampler,
@@ -213,7 +214,7 @@ def _schedule(settings: TrainSettings) -> Any:
             return (step + 1) / settings.warmup_steps
         progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
         if settings.schedule == "cosine":
-            return 0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return 1.0 if progress < 0.6 else 0.1 if progress < 0.85 else 0.01
 
     return factor
@@ -232,7 +233,9 @@ def _start(settings: TrainSettings, out: Path) -> _Run:
         )
     model, meta = load_model(last)
     run.model.load_state_dict(model.state_dict())
-    state = torch.load(out / "last-state.pt", weights_only=False)
+    state = meta["extra"].get("resume")
+    if state is None:  # written before the state moved into last.pt
+        state = torch.load(out / "last-state.pt", weights_only=False)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.criterion.load_state_dict(state["criterion"])
@@ -268,8 +271,9 @@ def _extra(settings: TrainSettings, step: int) -> dict[str, Any]:
 
 
 def _save(run: _Run, settings: TrainSettings, out: Path) -> None:
-    # The state file goes first: a kill between the two writes leaves an older last.pt that
-    # still matches a state file at or after it, and resuming from it is merely a little behind.
+    # Weights and the state to resume them travel in one atomically replaced file: a kill at
+    # any moment leaves either the old pair or the new pair, never weights of one step with
+    # the optimizer or random state of another (which would make the resumed run diverge).
     state = {
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -277,8 +281,8 @@ def _save(run: _Run, settings: TrainSettings, out: Path) -> None:
         "numpy_rng": run.rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
     }
-    atomic_torch_save(state, out / "last-state.pt")
-    save_checkpoint(out / "last.pt", run.model, extra=_extra(settings, run.step))
+    extra = {**_extra(settings, run.step), "resume": state}
+    save_checkpoint(out / "last.pt", run.model, extra=extra)
 
 
 def _step(run: _Run, sampler: Any, settings: TrainSettings) -> tuple[float, float]:
