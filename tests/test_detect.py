@@ -23,6 +23,7 @@ from visnet.detect import (
     evaluate_detector,
     get_arch,
     list_archs,
+    query_boxes,
     select_objects,
     shop_the_look,
     train_detector,
@@ -101,6 +102,42 @@ def test_detect_types_shapes_and_order(categories):
         assert np.all(np.diff(result.scores) <= 0)
         width, height = image.size
         assert result.boxes[:, [0, 2]].max() <= width and result.boxes[:, [1, 3]].max() <= height
+
+
+def test_product_scoring_ranks_boxes_by_any_product_not_by_one_category(categories):
+    # Two proposals, no box regression. A: background 0.2, the rest split between two
+    # categories (0.4 each). B: background 0.5, one category 0.5. As a product A is surer
+    # (0.8 > 0.5); per category B is (0.5 > 0.4), torchvision's own ranking.
+    heads = _detector(categories, score_threshold=0.01).model.roi_heads
+    proposals = [torch.tensor([[10.0, 10.0, 60.0, 60.0], [70.0, 20.0, 110.0, 90.0]])]
+    probs = torch.full((2, len(categories) + 1), 1e-6)
+    probs[0, [0, 1, 2]] = torch.tensor([0.2, 0.4, 0.4])
+    probs[1, [0, 3]] = torch.tensor([0.5, 0.5])
+    logits, regression = probs.log(), torch.zeros(2, 4 * (len(categories) + 1))
+    boxes, scores, labels = heads.postprocess_detections(
+        logits, regression, proposals, [(128, 128)]
+    )
+    assert torch.allclose(scores[0], torch.tensor([0.8, 0.5]), atol=1e-4)
+    assert torch.allclose(boxes[0], proposals[0]) and labels[0][1].item() == 3
+    assert len(boxes[0]) == 2  # one box per proposal, not one per category
+    _, class_scores, class_labels = type(heads).postprocess_detections(
+        heads, logits, regression, proposals, [(128, 128)]
+    )
+    assert class_scores[0][0].item() == pytest.approx(0.5, abs=1e-4)
+    assert class_labels[0][0].item() == 3
+
+
+def test_scoring_is_configurable_and_checked(categories):
+    detector = _detector(categories, score_threshold=0.0, max_detections=50)
+    image = _image(160, 120)
+    product = detector.detect([image])[0]
+    per_class = detector.configure(scoring="class").detect([image])[0]
+    assert detector.config.scoring == "class" and len(per_class) and len(product)
+    # a box's product score is at least any single category's score for it
+    assert product.scores[0] >= per_class.scores[0] - 1e-6
+    assert detector.configure(scoring="product").detect([image])[0].scores[0] == product.scores[0]
+    with pytest.raises(ValueError, match="scoring"):
+        DetectorConfig(categories=categories, scoring="objectness")
 
 
 def test_checkpoint_round_trip(tmp_path, categories):
@@ -297,6 +334,18 @@ def test_crop_with_margin_clips_to_the_image():
     assert crop_with_margin(image, (30, 30, 30, 30)).size == (1, 1)
     with pytest.raises(ValueError, match="margin"):
         crop_with_margin(image, (0, 0, 10, 10), margin=-0.1)
+
+
+def test_query_boxes_give_the_best_boxes_with_log_relative_scores():
+    found = Detections(
+        boxes=np.array([[0, 0, 5, 5], [1, 1, 9, 9], [2, 2, 4, 4]], np.float32),
+        labels=["a", "b", "c"],
+        scores=np.array([0.2, 0.8, 0.4], np.float32),
+    )
+    chosen = query_boxes(found, top=2)
+    assert [box for box, _ in chosen] == [(1.0, 1.0, 9.0, 9.0), (2.0, 2.0, 4.0, 4.0)]
+    assert [round(log, 4) for _, log in chosen] == [0.0, round(float(np.log(0.5)), 4)]
+    assert query_boxes(Detections.empty()) == [] and query_boxes(found, top=0) == []
 
 
 def test_select_objects_and_shop_the_look():

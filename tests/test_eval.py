@@ -286,7 +286,26 @@ def test_detector_crops_run_the_protocol_with_a_detector(tmp_path: Path) -> None
     )
     path = Detector(config).configure(score_threshold=0.0).save(tmp_path / "d.pt")
     result = evaluate(root, "colour-histogram", crops="detector", detector=path, progress=False)
-    assert result["crops"] == "detector"
+    assert result["crops"] == "detector" and result["detector_boxes"] == 3
     assert result["queries"] == len(read_set(root).pairs["test"])
+    single = evaluate(
+        root, "colour-histogram", crops="detector", detector=path, detector_boxes=1, progress=False
+    )
+    assert single["detector_boxes"] == 1 and single["queries"] == result["queries"]
+    with pytest.raises(ValueError, match="detector_boxes"):
+        evaluate(root, "colour-histogram", crops="detector", detector=path, detector_boxes=0)
     with pytest.raises(ValueError, match="needs --detector"):
         evaluate(root, "colour-histogram", crops="detector", progress=False)
+
+
+def test_a_query_of_several_crops_ranks_by_its_best_crop_plus_that_crops_bonus() -> None:
+    from visnet.eval.protocol import _search
+
+    rng = np.random.default_rng(0)
+    database, vectors = rng.normal(size=(40, 8)), rng.normal(size=(7, 8))
+    queries = [[0], [1, 2, 3], [4, 5], [6]]
+    bonus = rng.uniform(-0.5, 0.0, size=7)
+    found = _search(database, vectors, queries, bonus, top=10, chunk=3)
+    for query, rows in enumerate(queries):
+        naive = [max(vectors[r] @ database[i] + bonus[r] for r in rows) for i in range(40)]
+        assert found[query].tolist() == np.argsort(naive)[::-1][:10].tolist()

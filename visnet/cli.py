@@ -220,6 +220,9 @@ def eval_command(
         "gt", "--crops", help="gt: crop by the true box; none: whole photo; detector: by detection."
     ),
     detector: Path | None = typer.Option(None, "--detector", help="Detector for --crops detector."),
+    detector_boxes: int = typer.Option(
+        3, "--detector-boxes", help="Best detections searched per photo, merged (1: best only)."
+    ),
     dim: int = typer.Option(0, "--dim", help="Reduce to this many dimensions with PCA (0: off)."),
     split: str = typer.Option("test", "--split", help="Which pairs to query with."),
     out: Path | None = typer.Option(None, "--out", help="Write FILE.json, FILE.md and FILE.png."),
@@ -238,6 +241,7 @@ def eval_command(
             dim=dim or None,
             use_cache=cache,
             detector=detector,
+            detector_boxes=detector_boxes,
         )
         written = write_eval_outputs(result, out) if out else []
     except (FileNotFoundError, ImportError, ValueError) as exc:

@@ -1,6 +1,12 @@
 """Object localization: find the items in a street photo, so each can be cropped and searched."""
 
-from visnet.detect.crops import DetectedObject, crop_with_margin, select_objects, shop_the_look
+from visnet.detect.crops import (
+    DetectedObject,
+    crop_with_margin,
+    query_boxes,
+    select_objects,
+    shop_the_look,
+)
 from visnet.detect.detector import (
     DEFAULT_ARCH,
     Detections,
@@ -24,6 +30,7 @@ __all__ = [
     "evaluate_detector",
     "get_arch",
     "list_archs",
+    "query_boxes",
     "select_objects",
     "shop_the_look",
     "train_detector",

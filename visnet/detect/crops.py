@@ -10,7 +10,24 @@ from PIL import Image
 
 from visnet.detect.detector import Detections
 
-__all__ = ["DetectedObject", "box_iou", "crop_with_margin", "select_objects", "shop_the_look"]
+__all__ = [
+    "QUERY_BOXES",
+    "SCORE_WEIGHT",
+    "DetectedObject",
+    "box_iou",
+    "crop_with_margin",
+    "query_boxes",
+    "select_objects",
+    "shop_the_look",
+]
+
+# When one answer must serve a photo whose wanted object is unknown (the evaluation protocol),
+# the best QUERY_BOXES detections are all searched and each product keeps its best similarity,
+# less SCORE_WEIGHT per unit of log(detection score / best score): a doubtful box must match
+# much better to win. Both were chosen on the default embedding model's held-out train products
+# (top 3 with weight 0.05: recall@20 85.1 against 80.5 with the best box alone; true boxes 87.2).
+QUERY_BOXES = 3
+SCORE_WEIGHT = 0.05
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,23 @@ def select_objects(
         if len(kept) == max_objects:
             break
     return kept
+
+
+def query_boxes(
+    detections: Detections, top: int = QUERY_BOXES
+) -> list[tuple[tuple[float, float, float, float], float]]:
+    """The `top` best boxes (xyxy), each with log(its score / the best score): 0 for the best."""
+    order = np.argsort(-np.asarray(detections.scores), kind="stable")[: max(0, top)]
+    if not len(order):
+        return []
+    best = max(float(detections.scores[order[0]]), 1e-12)
+    return [
+        (
+            tuple(float(v) for v in detections.boxes[i]),  # type: ignore[misc]
+            float(np.log(max(float(detections.scores[i]), 1e-12) / best)),
+        )
+        for i in order
+    ]
 
 
 def shop_the_look(

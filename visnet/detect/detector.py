@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import detection
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -25,6 +29,11 @@ log = logging.getLogger(__name__)
 FORMAT = "visnet-detector"
 VERSION = 1
 DEFAULT_ARCH = "mobilenet_v3_large_fpn"
+# How a box is scored. "product": how likely it holds any product at all (1 - p(background)),
+# labelled with its likeliest category: which object a shopper photographed does not depend on
+# the category, and a product whose category the head is unsure of (0.4 bag, 0.3 shoe) is no
+# less a product. "class": torchvision's per-category scores, one box per category.
+SCORINGS = ("product", "class")
 
 
 @dataclass(frozen=True)
@@ -115,9 +124,12 @@ class DetectorConfig:
     frozen_batchnorm: bool = False  # True when the backbone started from pretrained weights
     score_threshold: float = 0.05
     max_detections: int = 100
+    scoring: str = "product"  # one of SCORINGS
 
     def __post_init__(self) -> None:
         spec = get_arch(self.arch)
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}; got {self.scoring!r}")
         if not self.categories:
             raise ValueError("a detector needs at least one category")
         if len(set(self.categories)) != len(self.categories):
@@ -180,7 +192,48 @@ def build_model(config: DetectorConfig) -> FasterRCNN:
     )
     if config.frozen_batchnorm:
         freeze_batchnorm(model.backbone.body)
+    set_scoring(model, config.scoring)
     return model
+
+
+def set_scoring(model: FasterRCNN, scoring: str) -> None:
+    """Score boxes as products (our default) or per category (torchvision's own behaviour)."""
+    heads = model.roi_heads
+    heads.__dict__.pop("postprocess_detections", None)  # back to RoIHeads' per-category method
+    if scoring == "product":
+        heads.postprocess_detections = types.MethodType(_product_postprocess, heads)
+
+
+def _product_postprocess(
+    heads: RoIHeads,
+    class_logits: torch.Tensor,
+    box_regression: torch.Tensor,
+    proposals: list[torch.Tensor],
+    image_shapes: list[tuple[int, int]],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """RoIHeads.postprocess_detections with one box per proposal, scored 1 - p(background).
+
+    Each proposal keeps the box regressed for its likeliest category; boxes under the score
+    threshold or too small are dropped, then non-maximum suppression runs across categories.
+    """
+    counts = [len(p) for p in proposals]
+    all_boxes = heads.box_coder.decode(box_regression, proposals).split(counts)
+    all_probs = F.softmax(class_logits, -1).split(counts)
+    out_boxes, out_scores, out_labels = [], [], []
+    for boxes, probs, shape in zip(all_boxes, all_probs, image_shapes, strict=True):
+        boxes = box_ops.clip_boxes_to_image(boxes.reshape(probs.shape + (4,)), shape)
+        scores = 1.0 - probs[:, 0]
+        labels = probs[:, 1:].argmax(dim=1) + 1
+        boxes = boxes[torch.arange(len(boxes)), labels]
+        keep = torch.where(scores > heads.score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.nms(boxes, scores, heads.nms_thresh)[: heads.detections_per_img]
+        out_boxes.append(boxes[keep])
+        out_scores.append(scores[keep])
+        out_labels.append(labels[keep])
+    return out_boxes, out_scores, out_labels
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -254,17 +307,23 @@ class Detector:
         return self.config.categories
 
     def configure(
-        self, score_threshold: float | None = None, max_detections: int | None = None
+        self,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        scoring: str | None = None,
     ) -> Detector:
-        """Change the score threshold or the cap on detections per image, in place."""
+        """Change the score threshold, the cap on detections per image or the scoring, in place."""
         changes: dict[str, Any] = {}
         if score_threshold is not None:
             changes["score_threshold"] = float(score_threshold)
         if max_detections is not None:
             changes["max_detections"] = int(max_detections)
+        if scoring is not None:
+            changes["scoring"] = scoring
         self.config = dataclasses.replace(self.config, **changes)
         self.model.roi_heads.score_thresh = self.config.score_threshold
         self.model.roi_heads.detections_per_img = self.config.max_detections
+        set_scoring(self.model, self.config.scoring)
         return self
 
     @torch.inference_mode()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from visnet.data.catalog import read_side_info, side_attribute
 from visnet.data.street2shop import Street2ShopSet, StreetPair, read_set
+from visnet.detect.crops import QUERY_BOXES, SCORE_WEIGHT, query_boxes
 from visnet.eval.cache import (
     CachedEmbeddings,
     EmbeddingCache,
@@ -65,11 +66,14 @@ def evaluate(
     use_cache: bool = True,
     progress: bool = True,
     detector: str | Path | None = None,
+    detector_boxes: int = QUERY_BOXES,
 ) -> dict[str, Any]:
     """Run the protocol on `split` of the set at `data_root`; return the JSON-able result.
 
-    `crops="detector"` crops each street photo by the best box of the `detector` checkpoint (the
-    whole photo when it finds nothing), as search does in production.
+    `crops="detector"` crops each street photo by the `detector_boxes` best boxes of the
+    `detector` checkpoint (the whole photo when it finds nothing); each catalog product is
+    ranked by its best similarity to any crop, less `SCORE_WEIGHT` per unit of log score
+    below the best box (`visnet.detect.crops`). With one box, that box alone is the query.
 
     `embedder` is an Embedder or a registry name. `dim` reduces both sides with a PCA fitted on
     the catalog embeddings. `cache_dir` defaults to DATA/.cache/embeddings. Missing or unreadable
@@ -91,17 +95,26 @@ def evaluate(
     shop = embed_shop(data, model, cache, base, progress)
     if crops == "detector" and detector is None:
         raise ValueError("--crops detector needs --detector PATH (a checkpoint of visnet detect)")
-    boxes = _detector_boxes(data, split, detector, progress) if crops == "detector" else None
+    if detector_boxes < 1:
+        raise ValueError(f"detector_boxes must be at least 1; got {detector_boxes}")
+    per_query = detector_boxes if crops == "detector" else 1
+    boxes = (
+        _detector_boxes(data, split, detector, progress, per_query) if crops == "detector" else None
+    )
     if boxes is not None:
-        base = {**base, "detector": _file_digest(Path(str(detector)))}
-    queries = embed_queries(data, model, split, crops, cache, base, progress, boxes)
-    shop_vectors, query_vectors = reduce_dims(shop.vectors, queries.vectors, dim)
+        base = {**base, "detector": _file_digest(Path(str(detector))), "boxes": str(per_query)}
+    crops_of = embed_queries(data, model, split, crops, cache, base, progress, boxes)
+    queries = _group_crops(crops_of, data.pairs[split], boxes, per_query)
+    shop_vectors, query_vectors = reduce_dims(shop.vectors, crops_of.vectors, dim)
     pairs = [data.pairs[split][i] for i in queries.ids]
-    rankings = _rank_queries(data, shop.ids, shop_vectors, pairs, query_vectors, max(ks))
+    rankings = _rank_queries(
+        data, shop.ids, shop_vectors, pairs, query_vectors, max(ks), queries.rows, queries.bonus
+    )
     result = {
         "model": spec or model.name,
         "data": str(data_root),
         "crops": crops,
+        **({"detector_boxes": per_query} if crops == "detector" else {}),
         "split": split,
         "dim": int(shop_vectors.shape[1]) if len(shop_vectors) else (dim or model.dim),
         "embedder_dim": model.dim,
@@ -111,7 +124,7 @@ def evaluate(
         "per_category": _per_category(data, split, pairs, rankings, queries, shop.ids, ks),
         "per_kind": _per_kind(Path(data_root), pairs, rankings, ks),
         "recommendation": _recommendation(data, shop.ids, shop_vectors),
-        "embeddings": {"catalog": shop.source, "queries": queries.source},
+        "embeddings": {"catalog": shop.source, "queries": crops_of.source},
     }
     result["seconds"] = round(time.perf_counter() - started, 2)
     log.info("evaluated %s: %d queries in %.1f s", result["model"], len(pairs), result["seconds"])
@@ -155,38 +168,86 @@ def embed_queries(
     cache: EmbeddingCache,
     base: dict[str, str],
     progress: bool = True,
-    boxes: dict[int, tuple[float, float, float, float] | None] | None = None,
+    boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] | None = None,
 ) -> CachedEmbeddings:
-    """Embeddings of the street photos of `split` (ids = indices into data.pairs[split]).
+    """Embeddings of the street photos of `split`, one row per crop.
 
-    The crop is the true box (`gt`), none, or the `boxes` given per photo id (`detector`).
+    The crop is the true box (`gt`), none, or each of the `boxes` given per photo id
+    (`detector`: box and log relative score, best first; none found means the whole photo).
+    Row ids are `pair index * per_photo + crop number`, per_photo being 1 unless `boxes` is
+    given, where it is the most boxes any photo has.
     """
+    per_photo = _per_photo(boxes)
     items = [
-        _Item(i, data.photo_path(p.photo), _query_box(p, crops, boxes))
+        _Item(i * per_photo + j, data.photo_path(p.photo), box)
         for i, p in enumerate(data.pairs[split])
+        for j, box in enumerate(_query_boxes(p, crops, boxes))
     ]
     key = {**base, "kind": "queries", "split": split, "crops": crops}
     return _cached(cache, key, lambda: _embed(items, embedder, f"{split} queries", progress))
 
 
-def _query_box(
-    pair: StreetPair, crops: str, boxes: dict[int, tuple[float, float, float, float] | None] | None
-) -> tuple[float, float, float, float] | None:
+def _per_photo(boxes: dict[int, list] | None) -> int:
+    return max((len(found) for found in boxes.values()), default=1) if boxes else 1
+
+
+def _query_boxes(
+    pair: StreetPair,
+    crops: str,
+    boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] | None,
+) -> list[tuple[float, float, float, float] | None]:
     if crops == "gt":
-        return pair.bbox.as_xyxy()
+        return [pair.bbox.as_xyxy()]
     if crops == "detector" and boxes is not None:
-        return boxes.get(pair.photo)
-    return None
+        return [box for box, _ in boxes.get(pair.photo, [])] or [None]
+    return [None]
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """The queries that could be embedded: pair indices, each one's crop rows and score bonus."""
+
+    ids: list[int]
+    rows: list[list[int]]
+    bonus: np.ndarray  # per crop row: SCORE_WEIGHT * log(detection score / best score)
+    skipped: list[tuple[int, str]]
+
+
+def _group_crops(
+    crops: CachedEmbeddings,
+    pairs: list[StreetPair],
+    boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] | None,
+    per_query: int,
+) -> _Queries:
+    """Gather crop rows by query; a query is skipped only when none of its crops was embedded."""
+    per_photo = _per_photo(boxes)
+    rows: dict[int, list[int]] = {}
+    bonus = np.zeros(len(crops.ids), np.float32)
+    for row, crop_id in enumerate(crops.ids):
+        index, j = divmod(crop_id, per_photo)
+        rows.setdefault(index, []).append(row)
+        found = boxes.get(pairs[index].photo, []) if boxes else []
+        bonus[row] = SCORE_WEIGHT * found[j][1] if j < len(found) and per_query > 1 else 0.0
+    skipped: dict[int, str] = {}
+    for crop_id, why in crops.skipped:
+        skipped.setdefault(crop_id // per_photo, why)
+    ids = sorted(rows)
+    return _Queries(
+        ids=ids,
+        rows=[rows[i] for i in ids],
+        bonus=bonus,
+        skipped=[(i, why) for i, why in sorted(skipped.items()) if i not in rows],
+    )
 
 
 def _detector_boxes(
-    data: Street2ShopSet, split: str, path: str | Path | None, progress: bool
-) -> dict[int, tuple[float, float, float, float] | None]:
-    """The best detected box of each street photo, grown by a margin; None where none is found."""
+    data: Street2ShopSet, split: str, path: str | Path | None, progress: bool, top: int
+) -> dict[int, list[tuple[tuple[float, float, float, float], float]]]:
+    """The `top` best boxes of each street photo, grown by a margin, with log relative scores."""
     from visnet.detect import Detector
 
     detector = Detector.load(str(path))
-    boxes: dict[int, tuple[float, float, float, float] | None] = {}
+    boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] = {}
     photos = sorted({p.photo for p in data.pairs[split]})
     for photo in tqdm(photos, desc="detect", unit="img", disable=not progress, leave=False):
         image_path = data.photo_path(photo)
@@ -197,7 +258,7 @@ def _detector_boxes(
         except ImageError:
             continue
         found = detector.detect([image])[0]
-        boxes[photo] = _grow(found.boxes[0], image.size) if len(found.boxes) else None
+        boxes[photo] = [(_grow(box, image.size), log) for box, log in query_boxes(found, top)]
     return boxes
 
 
@@ -312,8 +373,14 @@ def _rank_queries(
     pairs: list[StreetPair],
     query_vectors: np.ndarray,
     depth: int,
+    query_rows: list[list[int]],
+    bonus: np.ndarray,
 ) -> list[list[int]]:
-    """For each query, the first `depth` distinct products of its category, best first."""
+    """For each query, the first `depth` distinct products of its category, best first.
+
+    Query i is the rows `query_rows[i]` of `query_vectors` (its crops); a catalog image scores
+    its best similarity to any of them plus that crop's `bonus`.
+    """
     row_of = {photo: row for row, photo in enumerate(shop_ids)}
     rankings: list[list[int]] = [[] for _ in pairs]
     for category in sorted({p.category for p in pairs}):
@@ -324,17 +391,37 @@ def _rank_queries(
             continue
         rows, products = np.array([r for r, _ in shop]), np.array([p for _, p in shop])
         views = max(Counter(products.tolist()).values())
-        found = _search(shop_vectors[rows], query_vectors[queries], min(len(rows), depth * views))
+        found = _search(
+            shop_vectors[rows],
+            query_vectors,
+            [query_rows[i] for i in queries],
+            bonus,
+            min(len(rows), depth * views),
+        )
         for query, order in zip(queries, found, strict=True):
             rankings[query] = dedupe_products(products[order].tolist(), limit=depth)
     return rankings
 
 
-def _search(database: np.ndarray, queries: np.ndarray, top: int, chunk: int = 1024) -> np.ndarray:
-    """Exact inner-product search: the `top` best database rows per query, best first (n, top)."""
+def _search(
+    database: np.ndarray,
+    vectors: np.ndarray,
+    queries: list[list[int]],
+    bonus: np.ndarray,
+    top: int,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Exact inner-product search: the `top` best database rows per query, best first (n, top).
+
+    A query is several rows of `vectors`; a database row scores its best similarity to any of
+    them plus that row's `bonus`.
+    """
     out = np.zeros((len(queries), top), dtype=np.int64)
     for start in range(0, len(queries), chunk):
-        scores = queries[start : start + chunk] @ database.T
+        group = queries[start : start + chunk]
+        flat = np.fromiter((r for rows in group for r in rows), np.int64)
+        starts = np.cumsum([0] + [len(rows) for rows in group[:-1]])
+        scores = np.maximum.reduceat(vectors[flat] @ database.T + bonus[flat, None], starts, axis=0)
         part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
         out[start : start + chunk] = np.take_along_axis(part, order, axis=1)
@@ -368,7 +455,7 @@ def _per_category(
     split: str,
     pairs: list[StreetPair],
     rankings: list[list[int]],
-    queries: CachedEmbeddings,
+    queries: _Queries,
     shop_ids: list[int],
     ks: list[int],
 ) -> dict[str, dict[str, Any]]:
@@ -392,7 +479,7 @@ def _per_category(
     return table
 
 
-def _skipped_summary(queries: CachedEmbeddings, shop: CachedEmbeddings) -> dict[str, Any]:
+def _skipped_summary(queries: _Queries, shop: CachedEmbeddings) -> dict[str, Any]:
     return {
         "count": len(queries.skipped),
         "reasons": dict(Counter(why for _, why in queries.skipped)),

@@ -55,10 +55,15 @@ class RunSpec:
     crops: str = "gt"
     dim: int | None = None
     detector: str | None = None  # a detector checkpoint, for crops = "detector"
+    detector_boxes: int = 3  # best detections merged into one query, for crops = "detector"
 
     def command(self, data: Path | str) -> str:
         dim = f" --dim {self.dim}" if self.dim else ""
-        detector = f" --detector {self.detector}" if self.detector else ""
+        detector = (
+            f" --detector {self.detector} --detector-boxes {self.detector_boxes}"
+            if self.detector
+            else ""
+        )
         crops = f"--crops {self.crops}{detector}"
         return f"visnet eval --data {data} --model {self.model} {crops}{dim}"
 
@@ -200,6 +205,7 @@ def _run_spec(path: Path, index: int, run: Any) -> RunSpec:
         crops=str(run.get("crops", "gt")),
         dim=dim,
         detector=str(run["detector"]) if run.get("detector") else None,
+        detector_boxes=int(run.get("detector_boxes", 3)),
     )
 
 
@@ -230,6 +236,7 @@ def run_report(
                     use_cache=use_cache,
                     progress=progress,
                     detector=spec.detector,
+                    detector_boxes=spec.detector_boxes,
                 )
                 results.append((spec, result))
                 continue
