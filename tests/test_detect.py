@@ -28,7 +28,7 @@ from visnet.detect import (
     shop_the_look,
     train_detector,
 )
-from visnet.detect.detector import load_backbone_weights
+from visnet.detect.detector import load_backbone_weights, product_boxes, to_tensor
 from visnet.detect.evaluate import GroundTruth, average_precision
 from visnet.detect.train import TrainPhotos, train_step
 
@@ -114,17 +114,28 @@ def test_product_scoring_ranks_boxes_by_any_product_not_by_one_category(categori
     probs[0, [0, 1, 2]] = torch.tensor([0.2, 0.4, 0.4])
     probs[1, [0, 3]] = torch.tensor([0.5, 0.5])
     logits, regression = probs.log(), torch.zeros(2, 4 * (len(categories) + 1))
-    boxes, scores, labels = heads.postprocess_detections(
+    (found,) = product_boxes(heads, logits, regression, proposals, [(128, 128)])
+    assert torch.allclose(found["scores"], torch.tensor([0.8, 0.5]), atol=1e-4)
+    assert torch.allclose(found["boxes"], proposals[0]) and found["labels"][1].item() == 3
+    # the label's probability given a product: 0.4 / 0.8 and 0.5 / 0.5
+    assert torch.allclose(found["label_scores"], torch.tensor([0.5, 1.0]), atol=1e-4)
+    _, class_scores, class_labels = heads.postprocess_detections(
         logits, regression, proposals, [(128, 128)]
     )
-    assert torch.allclose(scores[0], torch.tensor([0.8, 0.5]), atol=1e-4)
-    assert torch.allclose(boxes[0], proposals[0]) and labels[0][1].item() == 3
-    assert len(boxes[0]) == 2  # one box per proposal, not one per category
-    _, class_scores, class_labels = type(heads).postprocess_detections(
-        heads, logits, regression, proposals, [(128, 128)]
-    )
     assert class_scores[0][0].item() == pytest.approx(0.5, abs=1e-4)
-    assert class_labels[0][0].item() == 3
+    assert class_labels[0][0].item() == 3 and len(class_scores[0]) == 3  # a box per category
+
+
+def test_class_scoring_is_torchvisions_own_output(categories):
+    detector = _detector(categories, score_threshold=0.0, max_detections=20, scoring="class")
+    image = _image(160, 120)
+    found = detector.detect([image])[0]
+    with torch.inference_mode():
+        (reference,) = detector.model([to_tensor(image)])
+    order = torch.argsort(reference["scores"], descending=True, stable=True)
+    assert np.allclose(found.scores, reference["scores"][order].numpy(), atol=1e-6)
+    assert np.allclose(found.boxes, reference["boxes"][order].numpy(), atol=1e-4)
+    assert np.array_equal(found.label_scores, found.scores)
 
 
 def test_scoring_is_configurable_and_checked(categories):
@@ -135,6 +146,7 @@ def test_scoring_is_configurable_and_checked(categories):
     assert detector.config.scoring == "class" and len(per_class) and len(product)
     # a box's product score is at least any single category's score for it
     assert product.scores[0] >= per_class.scores[0] - 1e-6
+    assert np.all((product.label_scores > 0) & (product.label_scores <= 1 + 1e-6))
     assert detector.configure(scoring="product").detect([image])[0].scores[0] == product.scores[0]
     with pytest.raises(ValueError, match="scoring"):
         DetectorConfig(categories=categories, scoring="objectness")

@@ -208,6 +208,10 @@ def test_detected_objects_give_one_result_list_each(live: Live) -> None:
         assert query["box"] == [0, 0, 32, 32] and query["label"] == "circle"  # the best box...
         assert query["category"] is None  # ...but its doubtful label does not filter
         assert {r["category"] for r in query["results"]} != {"circle"}
+        unsure = Detections(two.boxes[:1], ["circle"], np.array([0.9], np.float32), np.array([0.4]))
+        engine.detector = FakeDetector(unsure)
+        (query,) = _search(live, image, k="20").json()["queries"]
+        assert query["score"] == 0.9 and query["category"] is None  # a product, category unsure
         engine.detector = FakeDetector(Detections.empty())
         queries = _search(live, image, k="3").json()["queries"]
         assert len(queries) == 1 and queries[0]["box"] is None  # the whole-photo fallback

@@ -32,11 +32,12 @@ SCORE_WEIGHT = 0.05
 
 @dataclass(frozen=True)
 class DetectedObject:
-    """One object to search for: its box (xyxy pixels), category and score."""
+    """One object to search for: its box (xyxy pixels), category, score and category score."""
 
     box: tuple[float, float, float, float]
     label: str
-    score: float
+    score: float  # how sure the detector is that this is a product
+    label_score: float = 1.0  # how sure it is of `label` (see Detections.label_scores)
 
 
 def crop_with_margin(
@@ -104,7 +105,8 @@ def select_objects(
         box = (x1, y1, x2, y2)
         if any(box_iou(box, k.box) > overlap for k in kept):
             continue
-        kept.append(DetectedObject(box=box, label=detections.labels[i], score=score))
+        label_score = float(np.asarray(detections.label_scores)[i])
+        kept.append(DetectedObject(box, detections.labels[i], score, label_score))
         if len(kept) == max_objects:
             break
     return kept

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +159,14 @@ class Detections:
 
     boxes: np.ndarray  # float32 (n, 4)
     labels: list[str]
-    scores: np.ndarray  # float32 (n,)
+    scores: np.ndarray  # float32 (n,): how sure the detector is that the box holds a product
+    # float32 (n,): how sure it is of the label (the category's probability given a product);
+    # the same as `scores` under per-category scoring, and so when not given
+    label_scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_scores is None:
+            self.label_scores = np.asarray(self.scores, np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -192,48 +198,46 @@ def build_model(config: DetectorConfig) -> FasterRCNN:
     )
     if config.frozen_batchnorm:
         freeze_batchnorm(model.backbone.body)
-    set_scoring(model, config.scoring)
     return model
 
 
-def set_scoring(model: FasterRCNN, scoring: str) -> None:
-    """Score boxes as products (our default) or per category (torchvision's own behaviour)."""
-    heads = model.roi_heads
-    heads.__dict__.pop("postprocess_detections", None)  # back to RoIHeads' per-category method
-    if scoring == "product":
-        heads.postprocess_detections = types.MethodType(_product_postprocess, heads)
-
-
-def _product_postprocess(
+def product_boxes(
     heads: RoIHeads,
     class_logits: torch.Tensor,
     box_regression: torch.Tensor,
     proposals: list[torch.Tensor],
     image_shapes: list[tuple[int, int]],
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """RoIHeads.postprocess_detections with one box per proposal, scored 1 - p(background).
+) -> list[dict[str, torch.Tensor]]:
+    """Boxes scored as products: RoIHeads.postprocess_detections with one box per proposal.
 
-    Each proposal keeps the box regressed for its likeliest category; boxes under the score
-    threshold or too small are dropped, then non-maximum suppression runs across categories.
+    Each proposal scores 1 - p(background) and keeps the box regressed for its likeliest
+    category, whose probability given that it is a product is its `label_scores`. Boxes under
+    the score threshold or too small are dropped; suppression runs across categories.
     """
     counts = [len(p) for p in proposals]
     all_boxes = heads.box_coder.decode(box_regression, proposals).split(counts)
     all_probs = F.softmax(class_logits, -1).split(counts)
-    out_boxes, out_scores, out_labels = [], [], []
+    found = []
     for boxes, probs, shape in zip(all_boxes, all_probs, image_shapes, strict=True):
         boxes = box_ops.clip_boxes_to_image(boxes.reshape(probs.shape + (4,)), shape)
         scores = 1.0 - probs[:, 0]
-        labels = probs[:, 1:].argmax(dim=1) + 1
+        best, labels = probs[:, 1:].max(dim=1)
+        labels = labels + 1
+        label_scores = best / scores.clamp_min(1e-12)
         boxes = boxes[torch.arange(len(boxes)), labels]
         keep = torch.where(scores > heads.score_thresh)[0]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = box_ops.nms(boxes, scores, heads.nms_thresh)[: heads.detections_per_img]
-        out_boxes.append(boxes[keep])
-        out_scores.append(scores[keep])
-        out_labels.append(labels[keep])
-    return out_boxes, out_scores, out_labels
+        keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
+        keep = keep[box_ops.nms(boxes[keep], scores[keep], heads.nms_thresh)]
+        keep = keep[: heads.detections_per_img]
+        found.append(
+            {
+                "boxes": boxes[keep],
+                "scores": scores[keep],
+                "labels": labels[keep],
+                "label_scores": label_scores[keep],
+            }
+        )
+    return found
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -323,26 +327,47 @@ class Detector:
         self.config = dataclasses.replace(self.config, **changes)
         self.model.roi_heads.score_thresh = self.config.score_threshold
         self.model.roi_heads.detections_per_img = self.config.max_detections
-        set_scoring(self.model, self.config.scoring)
         return self
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
-        """Objects in each image (PIL, any size), best first, above the score threshold."""
+        """Objects in each image (PIL, any size), best first, above the score threshold.
+
+        The stages of torchvision's GeneralizedRCNN.forward at test time, run here so the
+        box scoring can be ours (`config.scoring`).
+        """
         if not images:
             return []
-        self.model.eval()
+        model = self.model.eval()
         tensors = [to_tensor(image) for image in images]
-        outputs = self.model(tensors)
-        return [self._detections(out) for out in outputs]
+        sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        batch, _ = model.transform(tensors)
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        heads = model.roi_heads
+        pooled = heads.box_roi_pool(features, proposals, batch.image_sizes)
+        logits, regression = heads.box_predictor(heads.box_head(pooled))
+        if self.config.scoring == "product":
+            found = product_boxes(heads, logits, regression, proposals, batch.image_sizes)
+        else:
+            boxes, scores, labels = heads.postprocess_detections(
+                logits, regression, proposals, batch.image_sizes
+            )
+            found = [
+                {"boxes": b, "scores": s, "labels": lab, "label_scores": s}
+                for b, s, lab in zip(boxes, scores, labels, strict=True)
+            ]
+        found = model.transform.postprocess(found, batch.image_sizes, sizes)
+        return [self._detections(out) for out in found]
 
     def _detections(self, output: dict[str, torch.Tensor]) -> Detections:
-        order = torch.argsort(output["scores"], descending=True)
+        order = torch.argsort(output["scores"], descending=True, stable=True)
         ids = output["labels"][order].cpu().numpy().astype(np.int64)
         return Detections(
             boxes=output["boxes"][order].cpu().numpy().astype(np.float32).reshape(-1, 4),
             labels=[self.categories[i - 1] for i in ids],
             scores=output["scores"][order].cpu().numpy().astype(np.float32),
+            label_scores=output["label_scores"][order].cpu().numpy().astype(np.float32),
         )
 
     def save(

@@ -40,6 +40,7 @@ class SearchObject:
     box: list[float] | None = None
     label: str | None = None
     score: float | None = None
+    label_score: float | None = None
 
 
 class LruCache:
@@ -196,7 +197,13 @@ class Engine:
             image, detections, self.settings.detect_threshold, self.settings.max_objects
         )
         return [
-            SearchObject(crop, [round(v, 1) for v in obj.box], obj.label, round(obj.score, 4))
+            SearchObject(
+                crop,
+                [round(v, 1) for v in obj.box],
+                obj.label,
+                round(obj.score, 4),
+                round(obj.label_score, 4),
+            )
             if obj.label
             else SearchObject(crop)  # the whole-photo fallback
             for obj, crop in found
@@ -218,8 +225,13 @@ class Engine:
         known = self.categories()
         queries = []
         for obj, vector in zip(found, vectors, strict=True):
-            # a doubtful detection (kept because it was the best) gives a box, not a category
-            confident = obj.label in known and (obj.score or 0.0) >= self.settings.detect_threshold
+            # a doubtful detection (kept because it was the best) gives a box, not a category;
+            # so does a sure one whose category the detector is unsure of
+            confident = (
+                obj.label in known
+                and (obj.score or 0.0) >= self.settings.detect_threshold
+                and (obj.label_score or 0.0) >= self.settings.category_threshold
+            )
             wanted = category or (obj.label if confident else None)
             hits = self.index.search(vector, k, wanted)
             queries.append(
