@@ -306,6 +306,9 @@ def test_metrics_hand_worked_example():
     assert result["box_recall@0.5"] == 1.0
     assert result["box_recall@0.5_class"] == pytest.approx(2 / 3)
     assert result["top1_box_recall@0.5"] == pytest.approx(2 / 3)
+    # any category: hit, miss, hit, hit -> precision 1, 1/2, 2/3, 3/4 at recall 1/3 .. 1; the
+    # envelope lifts 2/3 to 3/4 -> AP = 1/3 * 1 + 2/3 * 3/4
+    assert result["product_ap@0.5"] == pytest.approx(1 / 3 + 1 / 2)
 
 
 def test_average_precision_matches_a_naive_loop():

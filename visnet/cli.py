@@ -189,6 +189,9 @@ def detect_eval(
     limit: int = typer.Option(0, help="Score at most this many photos (0: all)."),
     out: Path | None = typer.Option(None, "--out", help="Also write the metrics to FILE.json."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    scoring: str = typer.Option(
+        "", "--scoring", help="product or class (default: the checkpoint's, else product)."
+    ),
 ) -> None:
     """Detector mAP@0.5, recall of the true box at IoU 0.5, and time per photo."""
     import torch
@@ -199,7 +202,8 @@ def detect_eval(
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        result = evaluate_detector(Detector.load(model), data, split=split, limit=limit or None)
+        detector = Detector.load(model).configure(scoring=scoring or None)
+        result = evaluate_detector(detector, data, split=split, limit=limit or None)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     text = json.dumps(result, indent=2)

@@ -75,7 +75,8 @@ def detection_metrics(
 
     Box recall is the fraction of true boxes overlapped (IoU >= 0.5) by some detection of any
     class (`box_recall@0.5`), of the right class (`box_recall@0.5_class`), or by the single best
-    detection of the photo (`top1_box_recall@0.5`).
+    detection of the photo (`top1_box_recall@0.5`). `product_ap@0.5` is the AP of finding the
+    true boxes whatever their category (unlabelled products in a photo count against it).
     """
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} photos")
@@ -95,6 +96,7 @@ def detection_metrics(
     return {
         "map@0.5": float(np.mean(list(present.values()))) if present else 0.0,
         "ap@0.5": {c: (None if np.isnan(v) else v) for c, v in ap.items()},
+        "product_ap@0.5": _class_ap(predictions, truths, None),
         "box_recall@0.5": ratio(any_hit),
         "box_recall@0.5_class": ratio(class_hit),
         "top1_box_recall@0.5": ratio(top_hit),
@@ -104,12 +106,13 @@ def detection_metrics(
 
 
 def _class_ap(
-    predictions: Sequence[Detections], truths: Sequence[GroundTruth], category: str
+    predictions: Sequence[Detections], truths: Sequence[GroundTruth], category: str | None
 ) -> float:
+    """AP of one category's boxes, or of every box whatever its category (`category` None)."""
     scores, hits, positives = [], [], 0
     for pred, truth in zip(predictions, truths, strict=True):
-        mine = np.array([p == category for p in pred.labels], dtype=bool)
-        true_boxes = truth.boxes[np.array([t == category for t in truth.labels], dtype=bool)]
+        mine = np.array([category in (None, p) for p in pred.labels], dtype=bool)
+        true_boxes = truth.boxes[np.array([category in (None, t) for t in truth.labels], bool)]
         positives += len(true_boxes)
         scores.append(pred.scores[mine])
         hits.append(match(pred.boxes[mine], pred.scores[mine], true_boxes))
@@ -145,6 +148,7 @@ def evaluate_detector(
     result = detection_metrics(predictions, kept, detector.categories)
     result.update(_timing(times))
     result.update(split=split, skipped=skipped, arch=detector.config.arch)
+    result["scoring"] = detector.config.scoring
     result["min_size"] = detector.config.min_size
     return result
 
