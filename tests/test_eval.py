@@ -294,6 +294,11 @@ def test_detector_crops_run_the_protocol_with_a_detector(tmp_path: Path) -> None
     assert single["detector_boxes"] == 1 and single["queries"] == result["queries"]
     with pytest.raises(ValueError, match="detector_boxes"):
         evaluate(root, "colour-histogram", crops="detector", detector=path, detector_boxes=0)
+    # a detector that finds nothing searches every whole photo, exactly as crops="none" does
+    blind = Detector(config).configure(score_threshold=1.0).save(tmp_path / "blind.pt")
+    nothing = evaluate(root, "colour-histogram", crops="detector", detector=blind, progress=False)
+    whole = evaluate(root, "colour-histogram", crops="none", progress=False)
+    assert nothing["overall"] == whole["overall"] and nothing["queries"] == whole["queries"]
     with pytest.raises(ValueError, match="needs --detector"):
         evaluate(root, "colour-histogram", crops="detector", progress=False)
 

@@ -104,7 +104,7 @@ def evaluate(
     if boxes is not None:
         base = {**base, "detector": _file_digest(Path(str(detector))), "boxes": str(per_query)}
     crops_of = embed_queries(data, model, split, crops, cache, base, progress, boxes)
-    queries = _group_crops(crops_of, data.pairs[split], boxes, per_query)
+    queries = _group_crops(crops_of, data.pairs[split], boxes)
     shop_vectors, query_vectors = reduce_dims(shop.vectors, crops_of.vectors, dim)
     pairs = [data.pairs[split][i] for i in queries.ids]
     rankings = _rank_queries(
@@ -188,7 +188,7 @@ def embed_queries(
 
 
 def _per_photo(boxes: dict[int, list] | None) -> int:
-    return max((len(found) for found in boxes.values()), default=1) if boxes else 1
+    return max([1] + [len(found) for found in boxes.values()]) if boxes else 1
 
 
 def _query_boxes(
@@ -217,7 +217,6 @@ def _group_crops(
     crops: CachedEmbeddings,
     pairs: list[StreetPair],
     boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] | None,
-    per_query: int,
 ) -> _Queries:
     """Gather crop rows by query; a query is skipped only when none of its crops was embedded."""
     per_photo = _per_photo(boxes)
@@ -227,7 +226,7 @@ def _group_crops(
         index, j = divmod(crop_id, per_photo)
         rows.setdefault(index, []).append(row)
         found = boxes.get(pairs[index].photo, []) if boxes else []
-        bonus[row] = SCORE_WEIGHT * found[j][1] if j < len(found) and per_query > 1 else 0.0
+        bonus[row] = SCORE_WEIGHT * found[j][1] if j < len(found) else 0.0
     skipped: dict[int, str] = {}
     for crop_id, why in crops.skipped:
         skipped.setdefault(crop_id // per_photo, why)
