@@ -240,6 +240,7 @@ class Engine:
                     "category": wanted,
                     "label": obj.label,
                     "score": obj.score,
+                    "label_score": obj.label_score,
                     "results": self.results(hits),
                 }
             )

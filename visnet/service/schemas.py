@@ -70,7 +70,12 @@ class QueryOut(BaseModel):
     )
     category: str | None = Field(description="the category searched (filter or detected label)")
     label: str | None = Field(default=None, description="the detector's label, if any")
-    score: float | None = Field(default=None, description="the detector's confidence, if any")
+    score: float | None = Field(
+        default=None, description="how sure the detector is that the box holds a product"
+    )
+    label_score: float | None = Field(
+        default=None, description="how sure the detector is of its label (given a product)"
+    )
     results: list[ResultOut]
 
 

@@ -159,6 +159,11 @@ async function search() {
   renderSearch(data);
 }
 
+// The detector's category, where it is at least even odds (a sure product can be an unsure kind).
+function shownLabel(query) {
+  return query.label && (query.label_score ?? 1) >= 0.5 ? query.label : null;
+}
+
 function renderSearch(data) {
   const count = data.queries.reduce((sum, query) => sum + query.results.length, 0);
   const objects = data.queries.filter((query) => query.box).length;
@@ -166,14 +171,14 @@ function renderSearch(data) {
   $("query-meta").textContent = `${found}${count} results in ${Math.round(data.took_ms)} ms`;
   const image = $("query-img");
   const boxes = data.queries
-    .map((query, index) => ({ box: query.box, label: query.label, index }))
+    .map((query, index) => ({ box: query.box, label: shownLabel(query), index }))
     .filter((item) => item.box);
   const draw = () => drawBoxes($("boxes"), image.naturalWidth, image.naturalHeight, boxes);
   if (image.complete && image.naturalWidth) draw();
   else image.onload = draw;
   const sections = data.queries.map((query, index) => {
     const title = query.box
-      ? `Object ${index + 1}: ${query.label || "item"} (${score(query.score)})`
+      ? `Object ${index + 1}: ${shownLabel(query) || "item"} (${score(query.score)})`
       : "Results";
     const filter = query.category ? ` in ${query.category}` : "";
     const grid = el("div", { class: "grid" }, ...query.results.map(productCard));
