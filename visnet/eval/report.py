@@ -86,8 +86,10 @@ def _pct(value: float | None) -> str:
 def eval_markdown(result: dict[str, Any]) -> str:
     """A markdown table of one evaluation: recall@k (%) per category and overall."""
     ks = [key for key in result["overall"] if key.startswith("recall@")]
+    boxes = f" x{result['detector_boxes']}" if "detector_boxes" in result else ""
     lines = [
-        f"**{result['model']}** on `{result['data']}` ({result['split']}, crops={result['crops']}, "
+        f"**{result['model']}** on `{result['data']}` ({result['split']}, "
+        f"crops={result['crops']}{boxes}, "
         f"dim={result['dim']}): {result['queries']} queries, {result['skipped']['count']} skipped",
         "",
         "| category | queries | " + " | ".join(f"{k} (%)" for k in ks) + " |",
