@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from visnet.data.catalog import read_side_info, side_attribute
 from visnet.data.street2shop import Street2ShopSet, StreetPair, read_set
-from visnet.detect.crops import QUERY_BOXES, SCORE_WEIGHT, query_boxes
+from visnet.detect.crops import CROP_MARGIN, QUERY_BOXES, SCORE_WEIGHT, query_boxes
 from visnet.eval.cache import (
     CachedEmbeddings,
     EmbeddingCache,
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 __all__ = ["CROP_MODES", "DEFAULT_KS", "embed_queries", "embed_shop", "evaluate", "reduce_dims"]
 
 CROP_MODES = ("gt", "none", "detector")
-DETECTOR_MARGIN = 0.1  # context added around a detected box, as the service does
 DEFAULT_KS = (1, 5, 10, 20)
 BATCH_SIZE = 64
 READER_THREADS = 2
@@ -263,7 +262,7 @@ def _detector_boxes(
 
 def _grow(box: Any, size: tuple[int, int]) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = (float(v) for v in box)
-    dx, dy = (x1 - x0) * DETECTOR_MARGIN, (y1 - y0) * DETECTOR_MARGIN
+    dx, dy = (x1 - x0) * CROP_MARGIN, (y1 - y0) * CROP_MARGIN
     return (max(0.0, x0 - dx), max(0.0, y0 - dy), min(size[0], x1 + dx), min(size[1], y1 + dy))
 
 
