@@ -224,8 +224,8 @@ def eval_command(
         "gt", "--crops", help="gt: crop by the true box; none: whole photo; detector: by detection."
     ),
     detector: Path | None = typer.Option(None, "--detector", help="Detector for --crops detector."),
-    detector_boxes: int = typer.Option(
-        3, "--detector-boxes", help="Best detections searched per photo, merged (1: best only)."
+    detector_boxes: int | None = typer.Option(
+        None, "--detector-boxes", help="Best detections searched per photo, merged [3; 1: best]."
     ),
     dim: int = typer.Option(0, "--dim", help="Reduce to this many dimensions with PCA (0: off)."),
     split: str = typer.Option("test", "--split", help="Which pairs to query with."),

@@ -22,17 +22,19 @@ __all__ = [
     "shop_the_look",
 ]
 
-# Context kept around a detected box when it is cropped for search, as a share of its width and
-# height on each side. Chosen on the default embedding model's held-out train products over
-# three detector checkpoints: 0.2 gave recall@20 86.3-87.6 against 84.1-85.9 at 0.1 (the model
-# learnt from street crops with up to 15% context jitter).
+# How a detected box becomes a search query. All three numbers were chosen on the embedding
+# model's held-out train products, never the test split: `benchmarks/detector_crops.py`
+# (2026-11-24, default model and detector) gives recall@20 87.6 for the best 3 boxes merged at
+# margin 0.2, 86.7 for the best box alone, 85.7 merged at margin 0.1; true boxes 87.2.
+#
+# CROP_MARGIN: context kept around a box, as a share of its width and height on each side (the
+# model learnt from street crops with up to 15% context jitter).
 CROP_MARGIN = 0.2
 
 # When one answer must serve a photo whose wanted object is unknown (the evaluation protocol),
 # the best QUERY_BOXES detections are all searched and each product keeps its best similarity,
 # less SCORE_WEIGHT per unit of log(detection score / best score): a doubtful box must match
-# much better to win. Both were chosen on the default embedding model's held-out train products
-# (top 3 with weight 0.05: recall@20 85.1 against 80.5 with the best box alone, at step 5,520).
+# much better to win.
 QUERY_BOXES = 3
 SCORE_WEIGHT = 0.05
 

@@ -65,11 +65,12 @@ def evaluate(
     use_cache: bool = True,
     progress: bool = True,
     detector: str | Path | None = None,
-    detector_boxes: int = QUERY_BOXES,
+    detector_boxes: int | None = None,
 ) -> dict[str, Any]:
     """Run the protocol on `split` of the set at `data_root`; return the JSON-able result.
 
-    `crops="detector"` crops each street photo by the `detector_boxes` best boxes of the
+    `crops="detector"` crops each street photo by the `detector_boxes` (default `QUERY_BOXES`,
+    3) best boxes of the
     `detector` checkpoint (the whole photo when it finds nothing); each catalog product is
     ranked by its best similarity to any crop, less `SCORE_WEIGHT` per unit of log score
     below the best box (`visnet.detect.crops`). With one box, that box alone is the query.
@@ -94,6 +95,7 @@ def evaluate(
     shop = embed_shop(data, model, cache, base, progress)
     if crops == "detector" and detector is None:
         raise ValueError("--crops detector needs --detector PATH (a checkpoint of visnet detect)")
+    detector_boxes = QUERY_BOXES if detector_boxes is None else detector_boxes
     if detector_boxes < 1:
         raise ValueError(f"detector_boxes must be at least 1; got {detector_boxes}")
     per_query = detector_boxes if crops == "detector" else 1
@@ -101,7 +103,9 @@ def evaluate(
         _detector_boxes(data, split, detector, progress, per_query) if crops == "detector" else None
     )
     if boxes is not None:
-        base = {**base, "detector": _file_digest(Path(str(detector))), "boxes": str(per_query)}
+        # the crops depend on the detector file, the number of boxes and the margin
+        digest = _file_digest(Path(str(detector)))
+        base = {**base, "detector": digest, "boxes": str(per_query), "margin": str(CROP_MARGIN)}
     crops_of = embed_queries(data, model, split, crops, cache, base, progress, boxes)
     queries = _group_crops(crops_of, data.pairs[split], boxes)
     shop_vectors, query_vectors = reduce_dims(shop.vectors, crops_of.vectors, dim)

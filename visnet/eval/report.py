@@ -55,15 +55,13 @@ class RunSpec:
     crops: str = "gt"
     dim: int | None = None
     detector: str | None = None  # a detector checkpoint, for crops = "detector"
-    detector_boxes: int = 3  # best detections merged into one query, for crops = "detector"
+    detector_boxes: int | None = None  # best detections merged per query (None: eval's default)
 
     def command(self, data: Path | str) -> str:
         dim = f" --dim {self.dim}" if self.dim else ""
-        detector = (
-            f" --detector {self.detector} --detector-boxes {self.detector_boxes}"
-            if self.detector
-            else ""
-        )
+        detector = f" --detector {self.detector}" if self.detector else ""
+        if self.detector and self.detector_boxes is not None:
+            detector += f" --detector-boxes {self.detector_boxes}"
         crops = f"--crops {self.crops}{detector}"
         return f"visnet eval --data {data} --model {self.model} {crops}{dim}"
 
@@ -207,7 +205,7 @@ def _run_spec(path: Path, index: int, run: Any) -> RunSpec:
         crops=str(run.get("crops", "gt")),
         dim=dim,
         detector=str(run["detector"]) if run.get("detector") else None,
-        detector_boxes=int(run.get("detector_boxes", 3)),
+        detector_boxes=int(run["detector_boxes"]) if "detector_boxes" in run else None,
     )
 
 

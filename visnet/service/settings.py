@@ -35,9 +35,9 @@ class ServiceSettings:
     detector: Path | None = None  # None: search the whole photo
     detect_threshold: float = 0.5  # objects scoring at least this are searched (else the best)
     # An object's detected category filters its search only when the detector is at least this
-    # sure of it. The default detector's category is often wrong (right for 36% of held-out train
-    # photos' best boxes, 71% of those at >= 0.7): a wrong filter hides the right product, and an
-    # unfiltered search finds neighbours in the right category on its own.
+    # sure of it. The default detector's category is often wrong (right for 43% of held-out train
+    # photos' best boxes, 74% of those at >= 0.7; benchmarks/detector_crops.py): a wrong filter
+    # hides the right product, and an unfiltered search finds neighbours in the right category.
     category_threshold: float = 0.8
     max_objects: int = 5
     catalog_root: Path | None = None  # default: build.json's catalog_root

@@ -1,0 +1,111 @@
+"""How to crop a street photo for search, judged on held-out train products (never the test split).
+
+    .venv/bin/python benchmarks/detector_crops.py --data data/demo \\
+        --model models/visnet-default.pt --detector models/detector-default.pt
+
+The queries are the street photos of the train products the embedding model's trainer held out
+for validation (whole colour-variant groups; the model never learnt from them; the detector did
+see their boxes). Each is searched within its category, as in `visnet eval`. Rows: the true box,
+the whole photo, the detector's best box, and its best boxes merged (each catalog product keeps
+its best similarity to any crop, less SCORE_WEIGHT x log(box score / best score)), at several
+margins; recall is also given as a ratio to the true box's. A last line gives how often the best
+box's category is right, overall and where the detector is at least 0.7 sure of it. This is the
+table the crop settings in visnet/detect/crops.py were chosen from.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from visnet.data.street2shop import read_set
+from visnet.detect import Detector, query_boxes
+from visnet.detect.crops import SCORE_WEIGHT, crop_with_margin
+from visnet.eval.cache import EmbeddingCache, data_fingerprint, default_cache_dir
+from visnet.eval.metrics import dedupe_products
+from visnet.eval.protocol import embed_shop
+from visnet.features.registry import embedder_fingerprint, get_embedder
+from visnet.images import load_image
+from visnet.training.trainer import TrainSettings, _split  # the trainer's own held-out products
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/demo"))
+    p.add_argument("--model", default="models/visnet-default.pt")
+    p.add_argument("--detector", default="models/detector-default.pt")
+    p.add_argument("--margins", type=float, nargs="+", default=[0.1, 0.15, 0.2])
+    p.add_argument("--boxes", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = read_set(args.data)
+    _, held = _split(data, TrainSettings(data=str(args.data), out="unused"))
+    held_products = {p.product for p in held}
+    pairs = [p for p in data.pairs["train"] if p.product in held_products]
+    model, detector = get_embedder(args.model), Detector.load(args.detector)
+    base = {
+        "embedder": f"{args.model}|{embedder_fingerprint(model, args.model)}",
+        "data": data_fingerprint(args.data),
+    }
+    shop = embed_shop(data, model, EmbeddingCache(default_cache_dir(args.data)), base, True)
+    row_of = {photo: row for row, photo in enumerate(shop.ids)}
+    catalog = {}
+    for category in {p.category for p in pairs}:
+        views = [(row_of[s.photo], s.product) for s in data.shop_in(category) if s.photo in row_of]
+        catalog[category] = (shop.vectors[[r for r, _ in views]], [p for _, p in views])
+
+    hits: dict[str, list[tuple[bool, bool]]] = {}
+    labels: list[tuple[float, bool]] = []
+    for pair in tqdm(pairs, desc="queries", unit="photo"):
+        image = load_image(data.photo_path(pair.photo))
+        found = detector.detect([image])[0]
+        if len(found):
+            labels.append((float(found.label_scores[0]), found.labels[0] == pair.category))
+        chosen = query_boxes(found, max(args.boxes))
+        crops = {"true box": [(image.crop(tuple(round(v) for v in pair.bbox.as_xyxy())), 0.0)]}
+        crops["whole photo"] = [(image, 0.0)]
+        for margin in args.margins:
+            for n in args.boxes:
+                kept = [(crop_with_margin(image, box, margin), log) for box, log in chosen[:n]]
+                name = (
+                    f"best box, margin {margin}" if n == 1 else f"best {n} merged, margin {margin}"
+                )
+                crops[name] = kept or [(image, 0.0)]
+        vectors, products = catalog[pair.category]
+        for name, items in crops.items():
+            query = np.asarray(model.embed([crop for crop, _ in items]), np.float32)
+            bonus = SCORE_WEIGHT * np.array([log for _, log in items], np.float32)
+            scores = (query @ vectors.T + bonus[:, None]).max(axis=0)
+            ranked = dedupe_products([products[i] for i in np.argsort(-scores)], limit=20)
+            hits.setdefault(name, []).append((ranked[:1] == [pair.product], pair.product in ranked))
+
+    reference = np.mean(hits["true box"], axis=0)
+    print(f"\n{len(pairs)} street photos of {len(held_products)} held-out train products\n")
+    print("| crop | recall@1 | recall@20 | @1 / true box | @20 / true box |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, rows in hits.items():
+        r1, r20 = np.mean(rows, axis=0)
+        print(
+            f"| {name} | {100 * r1:.1f} | {100 * r20:.1f} | {r1 / reference[0]:.2f} | "
+            f"{r20 / reference[1]:.2f} |"
+        )
+    sure, right = (np.array(v) for v in zip(*labels, strict=True))
+    print(
+        f"\nbest box's category right: {100 * right.mean():.0f}% of {len(right)} photos; "
+        f"{100 * right[sure >= 0.7].mean():.0f}% of the {int((sure >= 0.7).sum())} "
+        "where the detector is at least 0.7 sure"
+    )
+
+
+if __name__ == "__main__":
+    main()
