@@ -81,6 +81,11 @@ def evaluate(
     """
     started = time.perf_counter()
     ks = _check_options(crops, ks, dim)
+    detector_boxes = QUERY_BOXES if detector_boxes is None else detector_boxes
+    if detector_boxes < 1:
+        raise ValueError(f"detector_boxes must be at least 1; got {detector_boxes}")
+    if crops == "detector" and detector is None:
+        raise ValueError("--crops detector needs --detector PATH (a checkpoint of visnet detect)")
     data = read_set(data_root)
     if split not in data.pairs:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(data.pairs)}")
@@ -93,11 +98,6 @@ def evaluate(
         "data": data_fingerprint(data_root),
     }
     shop = embed_shop(data, model, cache, base, progress)
-    if crops == "detector" and detector is None:
-        raise ValueError("--crops detector needs --detector PATH (a checkpoint of visnet detect)")
-    detector_boxes = QUERY_BOXES if detector_boxes is None else detector_boxes
-    if detector_boxes < 1:
-        raise ValueError(f"detector_boxes must be at least 1; got {detector_boxes}")
     per_query = detector_boxes if crops == "detector" else 1
     boxes = (
         _detector_boxes(data, split, detector, progress, per_query) if crops == "detector" else None
