@@ -87,7 +87,7 @@ def prepare_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path | No
     """The index to serve (a copy) and the folder of photos to search with, if any."""
     if args.index is None:
         from visnet.data.synthetic import make_synthetic_set
-        from visnet.features.registry import get_embedder
+        from visnet.embed.registry import create_embedder
         from visnet.index.build import build_index
 
         if args.model == "colour-histogram":
@@ -95,7 +95,7 @@ def prepare_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path | No
         else:
             root, index = work / "set", work / "index"
             make_synthetic_set(root, seed=0)
-            build_index(root, get_embedder(args.model), index, dim=0)
+            build_index(root, create_embedder(args.model), index, dim=0)
         return index, root / "photos"
     index = work / "index"
     shutil.copytree(args.index, index, ignore=shutil.ignore_patterns("*.lock"))

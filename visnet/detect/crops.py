@@ -1,4 +1,9 @@
-"""From detections to crops: pick the objects worth searching, cut each out with a margin."""
+"""From detections to crops: pick the objects worth searching, cut each out with a margin.
+
+`crop_with_margin` is the one crop of the package (margin, rounding, clamping): the service's
+detector boxes, the evaluation's true and detected boxes, and training's street boxes are all
+cut by it; callers differ only in the margin they pass.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from PIL import Image
 from visnet.detect.detector import Detections
 
 __all__ = [
-    "CROP_MARGIN",
     "QUERY_BOXES",
+    "QUERY_MARGIN",
     "SCORE_WEIGHT",
     "DetectedObject",
     "box_iou",
+    "box_overlaps",
     "crop_with_margin",
     "query_boxes",
     "select_objects",
@@ -27,9 +33,10 @@ __all__ = [
 # (2026-11-24, default model and detector) gives recall@20 87.6 for the best 3 boxes merged at
 # margin 0.2, 86.7 for the best box alone, 85.7 merged at margin 0.1; true boxes 87.2.
 #
-# CROP_MARGIN: context kept around a box, as a share of its width and height on each side (the
-# model learnt from street crops with up to 15% context jitter).
-CROP_MARGIN = 0.2
+# QUERY_MARGIN: context kept around a detected box when it becomes a search query, as a share
+# of its width and height on each side (the model learnt from street crops with up to 15% context
+# jitter: `visnet.training.datasets.JITTER_MARGIN`).
+QUERY_MARGIN = 0.2
 
 # When one answer must serve a photo whose wanted object is unknown (the evaluation protocol),
 # the best QUERY_BOXES detections are all searched and each product keeps its best similarity,
@@ -50,11 +57,13 @@ class DetectedObject:
 
 
 def crop_with_margin(
-    image: Image.Image, box_xyxy: Sequence[float], margin: float = CROP_MARGIN
+    image: Image.Image, box_xyxy: Sequence[float], margin: float = QUERY_MARGIN
 ) -> Image.Image:
     """The box grown by `margin` of its width and height on every side, clipped to the image.
 
-    Always at least one pixel, even for a degenerate box or one lying outside the image.
+    Edges round outwards (floor the left and top, ceil the right and bottom), so the crop holds
+    the whole grown box. Always at least one pixel, even for a degenerate box or one lying
+    outside the image (`box_overlaps` tells those apart).
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0; got {margin}")
@@ -74,6 +83,14 @@ def crop_with_margin(
 
 def _clip(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
+
+
+def box_overlaps(box_xyxy: Sequence[float], size: tuple[int, int]) -> bool:
+    """Whether the box shares at least some area with an image of `size` (width, height)."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    width = min(max(x1, x2), size[0]) - max(min(x1, x2), 0.0)
+    height = min(max(y1, y2), size[1]) - max(min(y1, y2), 0.0)
+    return width > 0 and height > 0
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -143,7 +160,7 @@ def shop_the_look(
     detections: Detections,
     threshold: float = 0.5,
     max_objects: int = 5,
-    margin: float = CROP_MARGIN,
+    margin: float = QUERY_MARGIN,
     whole_image_fallback: bool = True,
 ) -> list[tuple[DetectedObject, Image.Image]]:
     """Each selected object with its crop, ready to embed and search.

@@ -35,7 +35,7 @@ from visnet.detect.detector import (
     to_tensor,
 )
 from visnet.images import ImageError, load_image
-from visnet.training.trainer import truncate_history
+from visnet.training.history import truncate_history
 
 log = logging.getLogger(__name__)
 

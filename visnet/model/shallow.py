@@ -98,3 +98,13 @@ class ShallowBranches(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
         return F.normalize(parts, dim=1)
+
+    def from_quarter(self, quarter: torch.Tensor) -> torch.Tensor:
+        """The same output from the input already max-pooled 4x4 (branch A's first step).
+
+        Branch B's 8x8 pool is a 2x2 pool of that (non-overlapping windows nest), so a trainer
+        can cache the small quarter image instead of the full input.
+        """
+        a = self.branch_a[1:](quarter)
+        b = self.branch_b[1:](F.max_pool2d(quarter, 2, 2, ceil_mode=True))
+        return F.normalize(torch.cat([a, b], dim=1), dim=1)

@@ -34,6 +34,7 @@ class VisNetConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: int = 110
+    fit: str = "crop"  # or "letterbox": the whole image on white (Preprocess)
 
     def __post_init__(self) -> None:
         get_backbone_spec(self.backbone)
@@ -46,7 +47,7 @@ class VisNetConfig:
 
     def preprocess(self) -> Preprocess:
         """The input geometry and normalisation this model expects."""
-        return Preprocess(self.input_size, self.resize, self.mean, self.std)
+        return Preprocess(self.input_size, self.resize, self.mean, self.std, self.fit)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form, safe for ``torch.load(weights_only=True)`` and JSON."""
@@ -78,14 +79,54 @@ _PAPER = VisNetConfig(
     shallow=True,
     dropout=0.4,
 )
-_DEFAULT = VisNetConfig()
+_SCRATCH = VisNetConfig()
+
+
+def pretrained_config(backbone: str, **overrides: Any) -> VisNetConfig:
+    """A config for a backbone with packaged ImageNet weights, at the size and normalisation
+    they were trained with, letterboxed on white; ``overrides`` change any field."""
+    weights = get_backbone_spec(backbone).weights
+    if weights is None:
+        raise ValueError(f"backbone {backbone!r} ships no weights; known: {pretrained_backbones()}")
+    values: dict[str, Any] = {
+        "backbone": backbone,
+        "input_size": weights.input_size,
+        "resize": weights.input_size,
+        "fit": "letterbox",
+        "mean": weights.mean,
+        "std": weights.std,
+        "deep_dim": 1280,
+        "embed_dim": 512,
+        "shallow": True,
+        "dropout": 0.0,
+    }
+    return VisNetConfig(**{**values, **overrides})
+
+
+def frozen_config(backbone: str) -> VisNetConfig:
+    """The pretrained trunk alone: pooled features as they are (identity head), no shallow part."""
+    return pretrained_config(backbone, shallow=False, embed_dim=1280)
+
+
+def pretrained_backbones() -> list[str]:
+    """Backbones whose ImageNet weights install from a package (see ``PackagedWeights``)."""
+    from visnet.model.backbones import list_backbones
+
+    return [b for b in list_backbones() if get_backbone_spec(b).weights is not None]
+
+
+_LITE0 = pretrained_config("efficientnet_lite0")
 
 PRESETS: dict[str, VisNetConfig] = {
     "paper": _PAPER,
     "paper-noshallow": dataclasses.replace(_PAPER, shallow=False),
     "paper-alexnet": dataclasses.replace(_PAPER, backbone="alexnet"),
-    "default": _DEFAULT,
-    "default-noshallow": dataclasses.replace(_DEFAULT, shallow=False),
+    "lite0": _LITE0,
+    "lite0-noshallow": dataclasses.replace(_LITE0, shallow=False),
+    "scratch": _SCRATCH,
+    "scratch-noshallow": dataclasses.replace(_SCRATCH, shallow=False),
+    "default": _SCRATCH,
+    "default-noshallow": dataclasses.replace(_SCRATCH, shallow=False),
 }
 
 
@@ -117,6 +158,22 @@ class VisNet(nn.Module):
         self.shallow = ShallowBranches(config.input_size) if config.shallow else None
         self.fused_dim = config.deep_dim + (self.shallow.out_dim if self.shallow else 0)
         self.projection = nn.Linear(self.fused_dim, config.embed_dim)
+        if self.deep.spec.weights is not None:
+            self._start_from_deep()
+
+    @torch.no_grad()
+    def _start_from_deep(self) -> None:
+        # A pretrained trunk is worth keeping from step 0: the projection starts as an identity
+        # (or a random rotation onto fewer dimensions) of the deep part, the shallow part near 0.
+        deep, weight = self.config.deep_dim, self.projection.weight
+        start = torch.empty(self.config.embed_dim, deep)
+        if self.config.embed_dim == deep:
+            nn.init.eye_(start)
+        else:
+            nn.init.orthogonal_(start)
+        weight[:, :deep].copy_(start)
+        weight[:, deep:].normal_(std=0.01 / max(1, weight.shape[1] - deep) ** 0.5)
+        nn.init.zeros_(self.projection.bias)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """The concatenation of the normalised deep and shallow parts, before the projection."""

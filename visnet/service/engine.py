@@ -1,4 +1,8 @@
-"""The service's work, without HTTP: decode -> detect -> embed -> search, similar, writes."""
+"""The service's work, without HTTP: decode -> detect -> embed -> search, similar, writes.
+
+It answers in domain objects (`SearchResults`, `Similar`, `Product`) and reaches the index only
+through `CatalogIndex`'s methods; the routes turn its answers into the API's shapes.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,30 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.features.base import Embedder
-from visnet.features.registry import checkpoint_path, get_embedder
 from visnet.images import ImageLimits, load_image
 from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Product
 from visnet.service import files
 from visnet.service.freshness import Recommendations
 from visnet.service.metrics import Metrics
-from visnet.service.schemas import dumps
 from visnet.service.settings import ServiceSettings
 
-__all__ = ["Engine", "SearchObject", "load_embedder"]
+__all__ = [
+    "Engine",
+    "Match",
+    "ObjectResults",
+    "SearchObject",
+    "SearchResults",
+    "Similar",
+    "load_embedder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +48,48 @@ class SearchObject:
     """One thing to search for in a photo: a detected object's crop, or the whole photo."""
 
     image: Image.Image
-    box: list[float] | None = None
+    box: tuple[float, ...] | None = None
     label: str | None = None
     score: float | None = None
     label_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """One product in a result list: what a result shows of it, and how alike it is."""
+
+    product_id: str
+    title: str
+    category: str
+    score: float
+    views: int  # how many images the product has
+
+
+@dataclass(frozen=True)
+class ObjectResults:
+    """What one object of a photo matched: where it is, what the detector said, what was searched."""
+
+    box: tuple[float, ...] | None  # None: the whole photo
+    label: str | None
+    score: float | None
+    label_score: float | None
+    category: str | None  # the category searched: the request's filter or a trusted label
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    objects: list[ObjectResults]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A "more like this" answer: from the stored list, or searched now."""
+
+    product_id: str
+    source: Literal["precomputed", "live"]
+    matches: tuple[Match, ...]
 
 
 class LruCache:
@@ -71,12 +120,10 @@ class LruCache:
 
 
 def load_embedder(model: str) -> tuple[Embedder, str]:
-    """The embedder for a checkpoint path or a baseline name, and the fingerprint the embed job
-    records for it (what the index manifest holds)."""
-    path = Path(model).expanduser()
-    name = f"checkpoint:{path}" if checkpoint_path(model) is None and path.is_file() else model
-    embedder = get_embedder(name)
-    return embedder, str(getattr(embedder, "fingerprint", embedder.name))
+    """The embedder for any model name `create_embedder` takes, and its fingerprint (what the
+    index manifest holds). Queries run on onnxruntime, as the catalog was embedded."""
+    embedder = create_embedder(model, backend="auto", batch_size=8)
+    return embedder, embedder_fingerprint(embedder)
 
 
 def _limit_threads(threads: int) -> None:
@@ -174,6 +221,9 @@ class Engine:
     def model_name(self) -> str:
         return self.embedder.name
 
+    def product_count(self) -> int:
+        return self.index.count()
+
     # ---- reads -------------------------------------------------------------------------------
 
     def _timed(self, stage: str, start: float) -> float:
@@ -197,13 +247,7 @@ class Engine:
             image, detections, self.settings.detect_threshold, self.settings.max_objects
         )
         return [
-            SearchObject(
-                crop,
-                [round(v, 1) for v in obj.box],
-                obj.label,
-                round(obj.score, 4),
-                round(obj.label_score, 4),
-            )
+            SearchObject(crop, tuple(obj.box), obj.label, obj.score, obj.label_score)
             if obj.label
             else SearchObject(crop)  # the whole-photo fallback
             for obj, crop in found
@@ -213,7 +257,7 @@ class Engine:
         with self._model_slots:
             return self.embedder.embed(images)
 
-    def search(self, data: bytes, k: int, category: str | None) -> dict[str, Any]:
+    def search(self, data: bytes, k: int, category: str | None) -> SearchResults:
         """Search a photo: one result list per detected object ("shop the look")."""
         start = t = time.perf_counter()
         image = self.decode(data)
@@ -223,7 +267,7 @@ class Engine:
         vectors = self.embed([obj.image for obj in found])
         t = self._timed("embed", t)
         known = self.categories()
-        queries = []
+        objects = []
         for obj, vector in zip(found, vectors, strict=True):
             # a doubtful detection (kept because it was the best) gives a box, not a category;
             # so does a sure one whose category the detector is unsure of
@@ -233,19 +277,12 @@ class Engine:
                 and (obj.label_score or 0.0) >= self.settings.category_threshold
             )
             wanted = category or (obj.label if confident else None)
-            hits = self.index.search(vector, k, wanted)
-            queries.append(
-                {
-                    "box": obj.box,
-                    "category": wanted,
-                    "label": obj.label,
-                    "score": obj.score,
-                    "label_score": obj.label_score,
-                    "results": self.results(hits),
-                }
+            matches = self.matches(self.index.search(vector, k, wanted))
+            objects.append(
+                ObjectResults(obj.box, obj.label, obj.score, obj.label_score, wanted, matches)
             )
         self._timed("search", t)
-        return {"queries": queries, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
+        return SearchResults(objects, time.perf_counter() - start)
 
     def product(self, product_id: str) -> Product:
         """The product (cached until the next write); ``UnknownProductError`` if there is none."""
@@ -257,74 +294,64 @@ class Engine:
                 self.products.put(product_id, found)
         return found
 
-    def results(self, hits: list[Hit]) -> list[dict[str, Any]]:
+    def matches(self, hits: list[Hit]) -> list[Match]:
+        """Index hits -> result entries (titles and categories from the product cache)."""
         out = []
         for hit in hits:
             product = self.product(hit.product_id)
             out.append(
-                result_out(
-                    hit.product_id, product.title, product.category, hit.score, len(product.images)
-                )
+                Match(hit.product_id, product.title, product.category, hit.score, len(product.images))
             )
         return out
 
-    def cached_similar(self, product_id: str, k: int, same_category: bool) -> bytes | None:
-        body = self.similar_cache.get((product_id, k, same_category))
-        if body is not None:
+    def quick_similar(self, product_id: str, k: int, same_category: bool) -> Similar | None:
+        """The /similar answer from the answer cache or the stored list, or None (then ask
+        `live_similar`). Quick enough for the event loop: a dict lookup or one SQLite read."""
+        found = self.similar_cache.get((product_id, k, same_category))
+        if found is not None:
             self.metrics.similar_source.labels("cache").inc()
-        return body
+            return found
+        return self.precomputed_similar(product_id, k, same_category)
 
-    def precomputed_similar(self, product_id: str, k: int, same_category: bool) -> bytes | None:
-        """The serialised /similar answer from the stored list, or None (stale, short or absent).
+    def precomputed_similar(self, product_id: str, k: int, same_category: bool) -> Similar | None:
+        """The /similar answer from the stored list, or None (stale, short or absent).
 
-        One indexed SQLite query (about 0.1 ms with 1M products), quick enough to run on the
-        event loop. A product with a stored list exists: deleting a product deletes its list.
+        One indexed SQLite query (about 0.1 ms with 1M products). A product with a stored list
+        exists: deleting a product deletes its list.
         """
         if not (same_category and self.recommendations.fresh):
             return None
         generation = self.recommendations.generation
-        stored = self.index.products.recommended_rows(product_id)
+        stored = self.index.recommendation_rows(product_id)
         if len(stored) < k:
             return None
-        results = [
-            result_out(pid, title, category, score, images)
-            for pid, category, title, images, score in stored[:k]
-        ]
-        return self._answer(product_id, k, same_category, "precomputed", results, generation)
+        matches = tuple(
+            Match(pid, title, category, score, views)
+            for pid, category, title, views, score in stored[:k]
+        )
+        answer = Similar(product_id, "precomputed", matches)
+        return self._answer(answer, k, same_category, generation)
 
-    def similar(self, product_id: str, k: int, same_category: bool) -> bytes:
-        """The serialised /similar answer: precomputed when fresh and long enough, else live."""
-        body = self.precomputed_similar(product_id, k, same_category)
-        return body if body is not None else self.live_similar(product_id, k, same_category)
-
-    def live_similar(self, product_id: str, k: int, same_category: bool) -> bytes:
-        """The serialised /similar answer searched now (``UnknownProductError`` for a bad id)."""
+    def live_similar(self, product_id: str, k: int, same_category: bool) -> Similar:
+        """The /similar answer searched now (``UnknownProductError`` for a bad id)."""
         generation = self.recommendations.generation
         self.product(product_id)  # unknown ids raise here (from the cache when warm)
-        results = self.results(self.index.similar(product_id, k, same_category))
-        return self._answer(product_id, k, same_category, "live", results, generation)
+        matches = self.matches(self.index.similar(product_id, k, same_category))
+        answer = Similar(product_id, "live", tuple(matches))
+        return self._answer(answer, k, same_category, generation)
 
-    def _answer(
-        self,
-        product_id: str,
-        k: int,
-        same_category: bool,
-        source: str,
-        results: list[dict[str, Any]],
-        generation: int,
-    ) -> bytes:
-        self.metrics.similar_source.labels(source).inc()
-        body = dumps({"product_id": product_id, "source": source, "results": results})
+    def _answer(self, answer: Similar, k: int, same_category: bool, generation: int) -> Similar:
+        self.metrics.similar_source.labels(answer.source).inc()
         if generation == self.recommendations.generation:  # no write raced this answer
-            self.similar_cache.put((product_id, k, same_category), body)
-        return body
+            self.similar_cache.put((answer.product_id, k, same_category), answer)
+        return answer
 
     def categories(self) -> dict[str, int]:
         """Category -> product count (cached until the next write)."""
         found = self._categories
         if found is None:
-            generation, store = self.recommendations.generation, self.index.products
-            found = {c: store.count(c) for c in store.categories()}
+            generation = self.recommendations.generation
+            found = self.index.category_counts()
             if generation == self.recommendations.generation:
                 self._categories = found
         return found
@@ -351,7 +378,7 @@ class Engine:
         decoded = [self.decode(data) for data in images]
         vectors = self.embed(decoded)
         with self._write_lock:
-            created = product_id not in self.index.products
+            created = product_id not in self.index
             refs = files.save_uploads(self.index.path, product_id, decoded)
             product = Product(product_id, category, title, refs, {"source": "api"})
             self.recommendations.mark_stale()
@@ -366,7 +393,7 @@ class Engine:
         return self.index.get(product_id), created
 
     def _current(self, product_id: str) -> tuple[str, ...]:
-        return self.index.get(product_id).images if product_id in self.index.products else ()
+        return self.index.get(product_id).images if product_id in self.index else ()
 
     def delete(self, product_id: str) -> None:
         """Remove a product, its vectors and its uploaded files; ``UnknownProductError`` if none."""
@@ -378,19 +405,3 @@ class Engine:
                 self._invalidate()
             files.remove_uploads(self.index.path, product_id)
 
-
-def image_url(product: Product, view: int) -> str | None:
-    return f"/v1/images/{product.id}/{view}" if view < len(product.images) else None
-
-
-def result_out(
-    product_id: str, title: str, category: str, score: float, images: int
-) -> dict[str, Any]:
-    """One search or "more like this" result as the API returns it (`images`: view count)."""
-    return {
-        "product_id": product_id,
-        "title": title,
-        "category": category,
-        "score": round(score, 5),
-        "image_url": f"/v1/images/{product_id}/0" if images else None,
-    }

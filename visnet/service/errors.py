@@ -1,4 +1,4 @@
-"""API errors: one JSON shape `{"error": code, "message": text}`, their handlers, the body cap."""
+"""API errors: one JSON shape `{"error": code, "message": text}`, its handlers, its documentation."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
 
 from visnet.images import ImageError
 from visnet.index.products import UnknownProductError
-from visnet.service.schemas import FastJSON, dumps
+from visnet.service.schemas import ErrorOut
 
 __all__ = [
     "ApiError",
-    "BodyLimitMiddleware",
+    "error_body",
     "error_response",
+    "errors",
     "image_error",
     "install_error_handlers",
-    "unknown_product",
 ]
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,36 @@ IMAGE_STATUS = {
     "image_too_large": 413,
     "unsupported_image": 415,
 }
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+}
+WHEN = {  # what each documented error status means, for /openapi.json
+    400: "not an image, or a truncated one (`not_an_image`, `truncated_image`)",
+    401: "the X-API-Key header is missing (`unauthorized`)",
+    403: "the X-API-Key header is wrong, or writes are disabled (`wrong_api_key`, "
+    "`writes_disabled`)",
+    404: "no such product, image or triplet",
+    413: "the body or the image is too large (`upload_too_large`, `image_too_large`)",
+    415: "an image format that is not accepted (`unsupported_image`)",
+    422: "a parameter is missing or out of its bounds (`invalid_request`)",
+    503: "the model and the index are not loaded yet (`not_ready`)",
+}
 
 
 class ApiError(Exception):
     """An error a client can act on: HTTP status, stable code, human message."""
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.status, self.code, self.message = status, code, message
 
 
-def unknown_product(product_id: str) -> ApiError:
-    return ApiError(404, "unknown_product", f"no product with id {product_id!r} in the catalog")
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can answer these error statuses (all `ErrorOut`)."""
+    return {s: {"model": ErrorOut, "description": WHEN[s]} for s in statuses}
 
 
 def image_error(exc: ImageError) -> ApiError:
@@ -53,10 +68,17 @@ def image_error(exc: ImageError) -> ApiError:
     return ApiError(IMAGE_STATUS.get(exc.code, 400), exc.code, str(exc))
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The error JSON as bytes, for the middlewares that answer before any route runs."""
+    return ErrorOut(error=code, message=message).model_dump_json().encode()
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> FastJSON:
-    return FastJSON({"error": code, "message": message}, status_code=status, headers=headers)
+) -> Response:
+    return Response(
+        error_body(code, message), status, headers=headers, media_type="application/json"
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -71,100 +93,29 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as `{"error", "message"}` JSON; nothing else leaks (no tracebacks)."""
 
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> FastJSON:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def _api(_: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> FastJSON:
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         return error_response(422, "invalid_request", _validation_message(exc))
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> FastJSON:
+    async def _http(_: Request, exc: HTTPException) -> Response:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(UnknownProductError)
-    async def _unknown(_: Request, exc: UnknownProductError) -> FastJSON:
+    async def _unknown(_: Request, exc: UnknownProductError) -> Response:
         return error_response(404, "unknown_product", str(exc))
 
     @app.exception_handler(ImageError)
-    async def _image(_: Request, exc: ImageError) -> FastJSON:
+    async def _image(_: Request, exc: ImageError) -> Response:
         error = image_error(exc)
         return error_response(error.status, error.code, error.message)
 
     @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> FastJSON:
+    async def _internal(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error; see the server log")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413, before they are buffered.
-
-    A declared Content-Length over the cap is refused at once; a body without one (chunked) is
-    counted as it arrives and refused when it passes the cap (the app's own response is dropped).
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send, declared)
-            return
-        state: dict[str, Any] = {"seen": 0, "over": False, "started": False}
-
-        async def counted_receive() -> Message:
-            message = await receive()
-            state["seen"] += len(message.get("body", b""))
-            if state["seen"] > self.max_bytes:
-                state["over"] = True
-                raise _TooLarge()
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not state["over"]:
-                state["started"] = True
-                await send(message)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except _TooLarge:
-            pass
-        except Exception:
-            if not state["over"]:
-                raise
-        if state["over"] and not state["started"]:
-            await self._refuse(send, state["seen"])
-
-    async def _refuse(self, send: Send, size: int) -> None:
-        body = dumps(
-            {
-                "error": "upload_too_large",
-                "message": f"request body is over {self.max_bytes:,} bytes ({size:,} sent); "
-                "send a smaller image",
-            }
-        )
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

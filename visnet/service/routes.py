@@ -1,234 +1,273 @@
-"""HTTP routes: search, products, images, categories, health, metrics; errors raised here."""
+"""HTTP routes: search, products, images, categories, health, metrics; errors raised here.
+
+Routes speak HTTP only: they take typed parameters (bounds in /openapi.json), get the engine as
+a dependency, and turn its domain answers into the response models of `schemas.py`.
+"""
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Security, UploadFile
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, Response
 
+from visnet.index.products import Product
 from visnet.service import files
-from visnet.service.engine import Engine, image_url
-from visnet.service.errors import ApiError
+from visnet.service.engine import Engine, Match, ObjectResults, SearchResults, Similar
+from visnet.service.errors import ApiError, errors
+from visnet.service.guards import API_KEY
 from visnet.service.metrics import CONTENT_TYPE_LATEST
 from visnet.service.schemas import (
     CATEGORY_PATTERN,
+    DEFAULT_K,
+    MAX_K,
     PRODUCT_ID_PATTERN,
     CategoriesOut,
-    ErrorOut,
-    FastJSON,
+    CategoryOut,
+    DeletedOut,
+    HealthOut,
     ProductOut,
+    QueryOut,
+    ReadyOut,
+    ResultOut,
     SearchOut,
     SimilarOut,
 )
+from visnet.service.settings import ServiceSettings
 
-__all__ = ["engine_of", "require_key", "router"]
+__all__ = ["EngineDep", "SettingsDep", "WRITE", "engine_of", "router", "settings_of"]
 
 router = APIRouter()
 
-ProductId = Annotated[str, Path(pattern=PRODUCT_ID_PATTERN, description="a catalog product id")]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 413, 415, 422, 503)
-}
 IMAGE_CACHE = "public, max-age=3600"
+IMAGE_CONTENT = {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}
+WRITE = [Security(API_KEY)]  # checked by guards.ApiKeyMiddleware before the body is read
 
 
-def engine_of(request: Request) -> Engine:
-    """The loaded engine, or 503 while the service is starting or stopping."""
+async def engine_of(request: Request) -> Engine:
+    """The loaded engine, or 503 while the service is starting or stopping (async: a plain
+    function dependency would cost a thread hop per request)."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         raise ApiError(503, "not_ready", "the model and the index are not loaded yet; retry soon")
     return engine
 
 
-def require_key(request: Request, key: str | None) -> None:
-    """Writes need the configured key: none configured -> 403, missing or wrong -> 401."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        raise ApiError(
-            403,
-            "writes_disabled",
-            "write endpoints are disabled: the server has no API key configured "
-            "(start it with --api-key or VISNET_API_KEY)",
-        )
-    if not key or not hmac.compare_digest(key.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
+async def settings_of(request: Request) -> ServiceSettings:
+    return request.app.state.settings
 
 
-def check_k(request: Request, k: int | None) -> int:
-    settings = request.app.state.settings
-    if k is None:
-        return int(settings.default_k)
-    if not 1 <= k <= settings.max_k:
-        raise ApiError(422, "invalid_request", f"k must be in 1..{settings.max_k}; got {k}")
-    return k
+EngineDep = Annotated[Engine, Depends(engine_of)]
+SettingsDep = Annotated[ServiceSettings, Depends(settings_of)]
+ProductId = Annotated[str, Path(pattern=PRODUCT_ID_PATTERN, description="a catalog product id")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
 
 
-def product_out(product: Any) -> dict[str, Any]:
-    return {
-        "id": product.id,
-        "category": product.category,
-        "title": product.title,
-        "images": [image_url(product, view) for view in range(len(product.images))],
-        "attributes": product.attributes,
-        "created": product.created,
-        "updated": product.updated,
-    }
+def image_url(product_id: str, view: int) -> str:
+    return f"/v1/images/{product_id}/{view}"
+
+
+def result_out(match: Match) -> ResultOut:
+    return ResultOut(
+        product_id=match.product_id,
+        title=match.title,
+        category=match.category,
+        score=round(match.score, 5),
+        image_url=image_url(match.product_id, 0) if match.views else None,
+    )
+
+
+def query_out(found: ObjectResults) -> QueryOut:
+    return QueryOut(
+        box=None if found.box is None else [round(v, 1) for v in found.box],
+        category=found.category,
+        label=found.label,
+        score=None if found.score is None else round(found.score, 4),
+        label_score=None if found.label_score is None else round(found.label_score, 4),
+        results=[result_out(m) for m in found.matches],
+    )
+
+
+def search_out(found: SearchResults) -> SearchOut:
+    took_ms = round(1000 * found.seconds, 2)
+    return SearchOut(queries=[query_out(obj) for obj in found.objects], took_ms=took_ms)
+
+
+def similar_out(found: Similar) -> SimilarOut:
+    results = [result_out(m) for m in found.matches]
+    return SimilarOut(product_id=found.product_id, source=found.source, results=results)
+
+
+def product_out(product: Product) -> ProductOut:
+    return ProductOut(
+        id=product.id,
+        category=product.category,
+        title=product.title,
+        images=[image_url(product.id, view) for view in range(len(product.images))],
+        attributes=product.attributes,
+        created=product.created,
+        updated=product.updated,
+    )
 
 
 # ---- search ----------------------------------------------------------------------------------
 
 
-@router.post("/v1/search", response_model=SearchOut, responses=ERRORS, tags=["search"])
+@router.post(
+    "/v1/search",
+    response_model=SearchOut,
+    responses=errors(400, 413, 415, 422, 503),
+    tags=["search"],
+)
 async def search(
-    request: Request,
+    engine: EngineDep,
     image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, ...)")],
-    category: Annotated[str | None, Form(pattern=CATEGORY_PATTERN)] = None,
-    k: Annotated[int | None, Form()] = None,
-) -> Response:
+    category: Annotated[
+        str | None, Form(pattern=CATEGORY_PATTERN, description="search this category only")
+    ] = None,
+    k: Annotated[int, Form(ge=1, le=MAX_K, description="results per object")] = DEFAULT_K,
+) -> SearchOut:
     """Find the catalog products in a photo: one result list per detected object (the whole photo
     when no detector is configured or nothing is found)."""
-    engine, k = engine_of(request), check_k(request, k)
     data = await image.read()
-    return FastJSON(await run_in_threadpool(engine.search, data, k, category or None))
+    return search_out(await run_in_threadpool(engine.search, data, k, category))
 
 
 @router.get(
     "/v1/products/{product_id}/similar",
     response_model=SimilarOut,
-    responses=ERRORS,
+    responses=errors(404, 422, 503),
     tags=["products"],
 )
 async def similar(
-    request: Request,
-    product_id: ProductId,
-    k: Annotated[int | None, Query()] = None,
-    same_category: Annotated[bool, Query()] = True,
-) -> Response:
+    engine: EngineDep, product_id: ProductId, k: K = DEFAULT_K, same_category: bool = True
+) -> SimilarOut:
     """Products that look like this one ("more like this"), itself excluded."""
-    engine, k = engine_of(request), check_k(request, k)
     # cached, or one indexed SQLite read of the stored list, here on the event loop: a thread
     # hop would cost more than the read (benchmarks/api.py, 1M products); else live in a thread
-    body = engine.cached_similar(product_id, k, same_category)
-    if body is None:
-        body = engine.precomputed_similar(product_id, k, same_category)
-    if body is None:
-        body = await run_in_threadpool(engine.live_similar, product_id, k, same_category)
-    return FastJSON(body)
+    found = engine.quick_similar(product_id, k, same_category)
+    if found is None:
+        found = await run_in_threadpool(engine.live_similar, product_id, k, same_category)
+    return similar_out(found)
 
 
 # ---- products ----------------------------------------------------------------------------------
 
 
 @router.get(
-    "/v1/products/{product_id}", response_model=ProductOut, responses=ERRORS, tags=["products"]
+    "/v1/products/{product_id}",
+    response_model=ProductOut,
+    responses=errors(404, 422, 503),
+    tags=["products"],
 )
-async def get_product(request: Request, product_id: ProductId) -> Response:
+async def get_product(engine: EngineDep, product_id: ProductId) -> ProductOut:
     """One product: category, title, image URLs (one per view), attributes."""
-    product = await run_in_threadpool(engine_of(request).product, product_id)
-    return FastJSON(product_out(product))
+    return product_out(await run_in_threadpool(engine.product, product_id))
 
 
 @router.post(
     "/v1/products",
     response_model=ProductOut,
     status_code=201,
-    responses=ERRORS,
+    responses={
+        200: {"model": ProductOut, "description": "the product was replaced"},
+        **errors(400, 401, 403, 413, 415, 422, 503),
+    },
+    dependencies=WRITE,
     tags=["products"],
 )
 async def put_product(
-    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    response: Response,
     id: Annotated[str, Form(pattern=PRODUCT_ID_PATTERN)],
     category: Annotated[str, Form(pattern=CATEGORY_PATTERN)],
     images: Annotated[list[UploadFile], File(description="one file per view")],
     title: Annotated[str, Form(max_length=300)] = "",
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> Response:
+) -> ProductOut:
     """Create (201) or replace (200) a product from its images; searchable at the next query.
     Needs the X-API-Key header."""
-    require_key(request, x_api_key)
-    engine = engine_of(request)
-    limit = engine.settings.max_images_per_product
+    limit = settings.max_images_per_product
     if not 1 <= len(images) <= limit:
         raise ApiError(422, "invalid_request", f"send 1..{limit} images; got {len(images)}")
     data = [await upload.read() for upload in images]
     product, created = await run_in_threadpool(engine.ingest, id, category, title, data)
-    return FastJSON(product_out(product), status_code=201 if created else 200)
+    response.status_code = 201 if created else 200
+    return product_out(product)
 
 
-@router.delete("/v1/products/{product_id}", responses=ERRORS, tags=["products"])
-async def delete_product(
-    request: Request,
-    product_id: ProductId,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> Response:
+@router.delete(
+    "/v1/products/{product_id}",
+    response_model=DeletedOut,
+    responses=errors(401, 403, 404, 422, 503),
+    dependencies=WRITE,
+    tags=["products"],
+)
+async def delete_product(engine: EngineDep, product_id: ProductId) -> DeletedOut:
     """Remove a product from the catalog. Needs the X-API-Key header."""
-    require_key(request, x_api_key)
-    await run_in_threadpool(engine_of(request).delete, product_id)
-    return FastJSON({"id": product_id, "deleted": True})
+    await run_in_threadpool(engine.delete, product_id)
+    return DeletedOut(id=product_id, deleted=True)
 
 
-@router.get("/v1/categories", response_model=CategoriesOut, tags=["products"])
-async def categories(request: Request) -> Response:
+@router.get(
+    "/v1/categories", response_model=CategoriesOut, responses=errors(503), tags=["products"]
+)
+async def categories(engine: EngineDep) -> CategoriesOut:
     """The catalog's categories with their product counts."""
-    counts = await run_in_threadpool(engine_of(request).categories)
-    listed = [{"name": name, "count": count} for name, count in sorted(counts.items())]
-    return FastJSON({"categories": listed, "total": sum(counts.values())})
+    counts = await run_in_threadpool(engine.categories)
+    listed = [CategoryOut(name=name, count=count) for name, count in sorted(counts.items())]
+    return CategoriesOut(categories=listed, total=sum(counts.values()))
 
 
 @router.get(
     "/v1/images/{product_id}/{view}",
-    responses={**ERRORS, 200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    responses={200: IMAGE_CONTENT, **errors(404, 422, 503)},
     response_class=Response,
     tags=["products"],
 )
 async def product_image(
-    request: Request,
+    engine: EngineDep,
     product_id: ProductId,
     view: Annotated[int, Path(ge=0, le=63, description="view number, from 0")],
 ) -> Response:
     """One catalog image of a product, by view number (never by path)."""
-    engine = engine_of(request)
     path = await run_in_threadpool(engine.image_file, product_id, view)
     if path is None:
         raise ApiError(404, "image_not_found", f"product {product_id!r} has no image view {view}")
-    return FileResponse(path, media_type=files.media_type(path), headers=_image_headers())
-
-
-def _image_headers() -> dict[str, str]:
-    return {"Cache-Control": IMAGE_CACHE, "X-Content-Type-Options": "nosniff"}
+    headers = {"Cache-Control": IMAGE_CACHE, "X-Content-Type-Options": "nosniff"}
+    return FileResponse(path, media_type=files.media_type(path), headers=headers)
 
 
 # ---- operations --------------------------------------------------------------------------------
 
 
-@router.get("/healthz", tags=["operations"])
-async def healthz() -> Response:
+@router.get("/healthz", response_model=HealthOut, tags=["operations"])
+async def healthz() -> HealthOut:
     """The process is up (liveness)."""
-    return FastJSON({"status": "ok"})
+    return HealthOut(status="ok")
 
 
-@router.get("/readyz", responses={503: {"model": ErrorOut}}, tags=["operations"])
-async def readyz(request: Request) -> Response:
+@router.get("/readyz", response_model=ReadyOut, responses=errors(503), tags=["operations"])
+async def readyz(engine: EngineDep, settings: SettingsDep) -> ReadyOut:
     """The model and the index are loaded (readiness)."""
-    engine = engine_of(request)
-    count = await run_in_threadpool(engine.index.count)
-    return FastJSON(
-        {
-            "status": "ready",
-            "model": engine.model_name,
-            "products": count,
-            "detector": engine.detector is not None,
-            "review": request.app.state.settings.review_queue is not None,
-            "writes": request.app.state.settings.writes_enabled,
-            "recommendations_fresh": engine.recommendations.fresh,
-        }
+    return ReadyOut(
+        status="ready",
+        model=engine.model_name,
+        products=await run_in_threadpool(engine.product_count),
+        detector=engine.detector is not None,
+        review=settings.review_queue is not None,
+        writes=settings.writes_enabled,
+        recommendations_fresh=engine.recommendations.fresh,
     )
 
 
-@router.get("/metrics", response_class=Response, tags=["operations"])
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    tags=["operations"],
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format: requests by route and status, latencies, index size."""
     body = await run_in_threadpool(request.app.state.metrics.render)

@@ -1,54 +1,37 @@
-"""API shapes (pydantic, for OpenAPI and request bodies) and the fast JSON response."""
+"""API shapes: the pydantic models every JSON request and response is (the OpenAPI schema)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from starlette.responses import Response
-
-try:  # orjson is about 5x faster than json on result lists; optional
-    import orjson
-
-    def dumps(content: Any) -> bytes:
-        """Serialise to UTF-8 JSON bytes."""
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-except ImportError:  # pragma: no cover - exercised only without orjson
-
-    def dumps(content: Any) -> bytes:
-        """Serialise to UTF-8 JSON bytes."""
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
 
 __all__ = [
+    "CATEGORY_PATTERN",
+    "DEFAULT_K",
+    "MAX_K",
     "PRODUCT_ID_PATTERN",
     "CategoriesOut",
+    "CategoryOut",
+    "DeletedOut",
     "ErrorOut",
-    "FastJSON",
+    "HealthOut",
     "ProductOut",
     "QueryOut",
+    "ReadyOut",
     "ResultOut",
     "ReviewDecisionIn",
     "ReviewNextOut",
     "ReviewStatsOut",
     "SearchOut",
     "SimilarOut",
-    "dumps",
+    "TripletMemberOut",
+    "TripletOut",
 ]
 
 PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$"  # no leading dot: never "." or ".."
 CATEGORY_PATTERN = r"^[A-Za-z0-9_.\- ]{1,64}$"
-
-
-class FastJSON(Response):
-    """A JSON response serialised with orjson when it is installed (routes return these)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return content if isinstance(content, bytes) else dumps(content)
+DEFAULT_K, MAX_K = 20, 100  # results per list: when not asked, and at most
 
 
 class ErrorOut(BaseModel):
@@ -61,12 +44,12 @@ class ResultOut(BaseModel):
     title: str
     category: str
     score: float = Field(description="inner product of unit vectors (higher is more alike)")
-    image_url: str
+    image_url: str | None = Field(description="the product's first image; null: it has none")
 
 
 class QueryOut(BaseModel):
     box: list[float] | None = Field(
-        description="[x0, y0, x1, y1] in the photo's pixels; null: whole"
+        description="[x0, y0, x1, y1] in the photo's pixels; null: the whole photo"
     )
     category: str | None = Field(description="the category searched (filter or detected label)")
     label: str | None = Field(default=None, description="the detector's label, if any")
@@ -86,7 +69,9 @@ class SearchOut(BaseModel):
 
 class SimilarOut(BaseModel):
     product_id: str
-    source: Literal["precomputed", "live"]
+    source: Literal["precomputed", "live"] = Field(
+        description="the stored list computed at build or refresh time, or a search made now"
+    )
     results: list[ResultOut]
 
 
@@ -100,6 +85,11 @@ class ProductOut(BaseModel):
     updated: str | None
 
 
+class DeletedOut(BaseModel):
+    id: str
+    deleted: Literal[True]
+
+
 class CategoryOut(BaseModel):
     name: str
     count: int
@@ -108,6 +98,20 @@ class CategoryOut(BaseModel):
 class CategoriesOut(BaseModel):
     categories: list[CategoryOut]
     total: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    model: str = Field(description="the model's name")
+    products: int
+    detector: bool = Field(description="whether photos are cut into detected objects")
+    review: bool = Field(description="whether a triplet review queue is served")
+    writes: bool = Field(description="whether write endpoints are enabled (a key is set)")
+    recommendations_fresh: bool = Field(description="whether the stored lists postdate writes")
 
 
 class ReviewDecisionIn(BaseModel):

@@ -1,100 +1,92 @@
-"""Service settings: one typed dataclass, read from a TOML/JSON file, `VISNET_*` env vars, args."""
+"""Service settings: one pydantic-settings class, from a TOML/JSON file, `VISNET_*` env vars, args."""
 
 from __future__ import annotations
 
 import json
-import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from visnet.service.schemas import DEFAULT_K
 
 __all__ = ["ENV_PREFIX", "ServiceSettings", "load_settings"]
 
 ENV_PREFIX = "VISNET_"
-_PATHS = ("index", "review_queue", "review_root", "detector", "catalog_root")
 
 
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Everything the service needs; paths come from here, never probed.
+class ServiceSettings(BaseSettings):
+    """Everything the service needs; paths come from here, never probed. Each field can be set
+    by its ``VISNET_<NAME>`` environment variable (``VISNET_API_KEY``, ``VISNET_PORT``, ...).
 
-    ``model`` is a checkpoint path (``*.pt`` or ``checkpoint:PATH``) or a baseline embedder name
-    (``colour-histogram``, ...): it must be the model the index was built with.
+    ``model`` is any name ``visnet.embed.registry.create_embedder`` takes (a checkpoint, an ONNX
+    file, a baseline embedder): it must be the model the index was built with.
     ``api_key`` None disables every write endpoint (403); with a key, writes need ``X-API-Key``.
     """
 
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True
+    )
+
     index: Path
-    model: str
+    model: str = Field(min_length=1)
     host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, min_length=8)
     review_queue: Path | None = None
-    review_root: Path | None = None  # triplet images' root; default: the one the queue records
+    # triplet images' root; default: the one the queue records
+    review_root: Path | None = None
     detector: Path | None = None  # None: search the whole photo
-    detect_threshold: float = 0.5  # objects scoring at least this are searched (else the best)
+    # objects scoring at least this are searched (else the best one)
+    detect_threshold: float = Field(0.5, ge=0.0, le=1.0)
     # An object's detected category filters its search only when the detector is at least this
     # sure of it. The default detector's category is often wrong (right for 43% of held-out train
     # photos' best boxes, 74% of those at >= 0.7; benchmarks/detector_crops.py): a wrong filter
     # hides the right product, and an unfiltered search finds neighbours in the right category.
-    category_threshold: float = 0.8
-    max_objects: int = 5
+    category_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    max_objects: int = Field(5, ge=1)
     catalog_root: Path | None = None  # default: build.json's catalog_root
-    max_upload_bytes: int = 10 * 1024 * 1024  # the whole request body
-    max_pixels: int = 40_000_000
-    max_images_per_product: int = 8
-    default_k: int = 20
-    max_k: int = 100
-    precompute_k: int = 20  # length of the stored recommendation lists
-    refresh_after_s: float = 60.0  # recompute the lists this long after a write; 0: never
-    similar_cache_size: int = 10_000  # serialised /similar responses kept (cleared on writes)
-    product_cache_size: int = 100_000  # products kept in memory for result titles (ditto)
-    compute_threads: int = 1  # torch and BLAS threads per call; 0: their defaults (every core)
-    model_workers: int = 1  # model calls (detect, embed) running at once
-    log_level: str = "info"
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)  # the whole request body
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_product: int = Field(8, ge=1)
+    # length of the stored recommendation lists; a /similar asking for more is answered live
+    precompute_k: int = Field(DEFAULT_K, ge=1)
+    # recompute the lists this long after a write; 0: never
+    refresh_after_s: float = Field(60.0, ge=0.0)
+    similar_cache_size: int = Field(10_000, ge=0)  # /similar answers kept (cleared on writes)
+    product_cache_size: int = Field(100_000, ge=0)  # products kept for result titles (ditto)
+    # torch and BLAS threads per call; 0: their defaults (every core)
+    compute_threads: int = Field(1, ge=0)
+    model_workers: int = Field(1, ge=1)  # model calls (detect, embed) running at once
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model must be a checkpoint path or an embedder name; got ''")
-        if self.api_key is not None and len(self.api_key) < 8:
-            raise ValueError("api_key must be at least 8 characters (or unset to disable writes)")
-        positive = ("max_upload_bytes", "max_pixels", "default_k", "max_k", "precompute_k")
-        for name in (*positive, "model_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if not 1 <= self.default_k <= self.max_k:
-            raise ValueError(f"default_k must be in 1..max_k={self.max_k}; got {self.default_k}")
-        for name in ("detect_threshold", "category_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
+    @field_validator("index", "review_queue", "review_root", "detector", "catalog_root")
+    @classmethod
+    def _expand_user(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments first, then ``VISNET_*`` variables; no dotenv or secrets files."""
+        return init_settings, env_settings
 
     @property
     def writes_enabled(self) -> bool:
         return self.api_key is not None
-
-    @property
-    def uploads_dir(self) -> Path:
-        """Where uploaded product images are stored: under the index folder."""
-        return self.index / "uploads"
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """A file or env value -> the field's type (env values are strings)."""
-    kinds = {f.name: f.type for f in fields(ServiceSettings)}
-    if name not in kinds:
-        known = ", ".join(sorted(kinds))
-        raise ValueError(f"unknown service setting {name!r}; known: {known}")
-    if value is None or value == "":
-        return None
-    if name in _PATHS:
-        return Path(value).expanduser()
-    kind = str(kinds[name])
-    if kind.startswith("int"):
-        return int(value)
-    if kind.startswith("float"):
-        return float(value)
-    return str(value)
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -106,34 +98,28 @@ def _from_file(path: Path) -> dict[str, Any]:
     return section
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    names = {f.name for f in fields(ServiceSettings)}
-    found = {}
-    for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in names:
-            found[key[len(ENV_PREFIX) :].lower()] = value
-    return found
+def _explain(exc: ValidationError) -> ValueError:
+    """A pydantic error -> one line per bad setting, naming its variable."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        hint = "" if error["type"] == "extra_forbidden" else f" (or {ENV_PREFIX}{name.upper()})"
+        lines.append(f"service setting {name}{hint}: {error['msg']}")
+    if any(error["type"] == "extra_forbidden" for error in exc.errors()):
+        lines.append("known settings: " + ", ".join(ServiceSettings.model_fields))
+    return ValueError("; ".join(lines))
 
 
-def load_settings(
-    config: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    **overrides: Any,
-) -> ServiceSettings:
-    """Settings from, lowest priority first: a TOML/JSON file, ``VISNET_*`` env vars, overrides.
+def load_settings(config: str | Path | None = None, **overrides: Any) -> ServiceSettings:
+    """Settings from, highest priority first: ``overrides`` (None ones are ignored, so CLI
+    options left unset fall through), ``VISNET_*`` env vars, a TOML/JSON file, the defaults.
 
-    Overrides that are None are ignored, so CLI options left unset fall through.
+    Raises ``ValueError`` naming every bad or missing setting.
     """
-    merged: dict[str, Any] = {}
-    if config is not None:
-        merged.update(_from_file(Path(config)))
-    merged.update(_from_env(os.environ if env is None else env))
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    values = {name: _coerce(name, value) for name, value in merged.items()}
-    missing = [name for name in ("index", "model") if values.get(name) is None]
-    if missing:
-        raise ValueError(
-            f"missing service settings {missing}: pass --index/--model or set "
-            f"{', '.join(ENV_PREFIX + m.upper() for m in missing)}"
-        )
-    return ServiceSettings(**values)
+    values = _from_file(Path(config)) if config is not None else {}
+    values.update(EnvSettingsSource(ServiceSettings)())  # the variables above the file
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    try:
+        return ServiceSettings(**values)
+    except ValidationError as exc:
+        raise _explain(exc) from None

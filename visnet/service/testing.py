@@ -71,12 +71,12 @@ def build_tiny_catalog(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """The synthetic set under ``folder/set`` and its colour-histogram index under
     ``folder/index`` (full dimension, recommendations precomputed). Takes well under a second."""
     from visnet.data.synthetic import make_synthetic_set
-    from visnet.features.registry import get_embedder
+    from visnet.embed.registry import create_embedder
     from visnet.index.build import build_index
 
     root, index = folder / "set", folder / "index"
     make_synthetic_set(root, seed=seed)
-    build_index(root, get_embedder("colour-histogram"), index, dim=0)
+    build_index(root, create_embedder("colour-histogram"), index, dim=0)
     return root, index
 
 

@@ -19,11 +19,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from visnet.data.street2shop import Box, Street2ShopSet
+from visnet.detect.crops import crop_with_margin
 from visnet.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 Transform = Callable[[Image.Image], torch.Tensor]
-CROP_MARGIN = 0.15  # context kept around a street box, so random crops can jitter it
+# Context kept around a street box in the bank, so the random crops of training can jitter it
+# (the query crops of search keep `visnet.detect.crops.QUERY_MARGIN`).
+JITTER_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class ImageBank:
     def _read(self, ref: ImageRef) -> Image.Image:
         image = load_image(ref.path)
         if ref.bbox is not None:
-            image = image.crop(_expand(ref.bbox, image.size, CROP_MARGIN))
+            image = crop_with_margin(image, ref.bbox.as_xyxy(), JITTER_MARGIN)
         scale = self.side / min(image.size)
         if scale < 1:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -66,14 +69,6 @@ class ImageBank:
 
     def __getitem__(self, ref: ImageRef) -> Image.Image:
         return self.images[ref]
-
-
-def _expand(box: Box, size: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
-    dx, dy = box.width * margin, box.height * margin
-    left, top = max(0, int(box.left - dx)), max(0, int(box.top - dy))
-    right = min(size[0], int(box.left + box.width + dx + 0.5))
-    bottom = min(size[1], int(box.top + box.height + dy + 0.5))
-    return (left, top, max(right, left + 1), max(bottom, top + 1))
 
 
 @dataclass

@@ -37,59 +37,30 @@ from visnet.model import (
     save_checkpoint,
 )
 from visnet.model.checkpoint import read_checkpoint
+from visnet.training.cached import (
+    CachedForward,
+    CachedPairSampler,
+    FeatureCache,
+    FrozenSplit,
+    freeze_batchnorm,
+    triplet_rows,
+)
 from visnet.training.datasets import (
     ImageBank,
     PairSampler,
     ProductViews,
+    Triplet,
     TripletSampler,
     drop_unreadable,
     product_table,
     read_triplets,
     wild_triplets,
 )
+from visnet.training.history import truncate_history
+from visnet.training.settings import TrainSettings
 from visnet.training.validate import validation_recall
 
 log = logging.getLogger(__name__)
-LOSSES = ("contrastive", "triplet", "batch-hard")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    data: str  # a Street2Shop-layout folder
-    out: str  # the run folder: last.pt, model.pt, history.jsonl, training.png
-    preset: str = "default"
-    triplets: str | None = None  # a triplet file or review queue; None: read the data set
-    include_pending: bool = False  # from a review queue, also train on unreviewed triplets
-    loss: str = "contrastive"
-    steps: int = 900
-    batch_size: int = 48
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "cosine"  # or "step" (x0.1 at 60% and 85% of the steps)
-    warmup_steps: int = 30
-    margin: float = 0.2
-    temperature: float = 0.07
-    street_fraction: float = 0.75
-    same_category_fraction: float = 0.25
-    val_fraction: float = 0.1
-    val_every: int = 100
-    checkpoint_every: int = 25
-    seed: int = 0
-    pretrained: str | None = None
-    max_minutes: float = 0.0  # stop (and save) after this long; 0: no limit
-    threads: int = 0  # torch threads; 0: every core
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adamw' or 'sgd'")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine' or 'step'")
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError("steps must be >= 1 and batch_size >= 2")
 
 
 @dataclass
@@ -117,10 +88,18 @@ def train(settings: TrainSettings) -> Path:
     bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
     train_rows, val_rows = drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
     train_tf = preprocess.train_transform()
-    sampler = _sampler(settings, train_rows, bank, train_tf)
     run = _start(settings, out)
+    sampler = (
+        _cached(settings, run, train_rows, bank, preprocess)
+        if settings.freeze
+        else _sampler(settings, train_rows, bank, train_tf)
+    )
     history = out / "history.jsonl"
     started, eval_tf = time.time(), preprocess.eval_transform()
+    if settings.freeze and run.step == 0:  # where fine-tuning starts: the pretrained network
+        start = validation_recall(run.model, val_rows, train_rows + val_rows, bank, eval_tf)
+        log.info("step 0: %s", ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
+        history.write_text(json.dumps({"step": 0, **start}) + "\n")
     bar = tqdm(total=settings.steps, initial=run.step, desc="train", unit="step")
     while run.step < settings.steps:
         loss, accuracy = _step(run, sampler, settings)
@@ -164,6 +143,13 @@ def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list
     count = int(round(settings.val_fraction * len(names)))
     held_groups = set(rng.choice(names, count, replace=False).tolist()) if count else set()
     held = {p for p in products if groups[p] in held_groups}
+    if settings.val_categories:  # whole categories held out: does it generalise to new kinds?
+        wanted = {c.strip() for c in settings.val_categories.split(",") if c.strip()}
+        category = {pair.product: pair.category for pair in data.pairs["train"]}
+        unknown = wanted - set(category.values())
+        if unknown:
+            raise ValueError(f"val_categories {sorted(unknown)} not in the train split")
+        held = {p for p in products if category[p] in wanted}
     return product_table(data, set(products) - held), product_table(data, held)
 
 
@@ -247,13 +233,6 @@ def _start(settings: TrainSettings, out: Path) -> _Run:
     return run
 
 
-def truncate_history(path: Path, step: int) -> None:
-    """Drop lines past the checkpoint: those steps are about to be run again."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
-
-
 def _comparable(settings: TrainSettings) -> dict[str, Any]:
     values = dataclasses.asdict(settings)
     for key in ("max_minutes", "threads", "val_every", "checkpoint_every"):
@@ -286,6 +265,8 @@ def _save(run: _Run, settings: TrainSettings, out: Path) -> None:
 
 
 def _step(run: _Run, sampler: Any, settings: TrainSettings) -> tuple[float, float]:
+    if isinstance(sampler, CachedTraining):
+        return _cached_step(run, sampler, settings)
     batch = sampler.batch(settings.batch_size, run.rng)
     if isinstance(sampler, PairSampler):
         queries, positives, labels = batch
@@ -307,6 +288,70 @@ def _step(run: _Run, sampler: Any, settings: TrainSettings) -> tuple[float, floa
     return float(loss.detach()), accuracy
 
 
+@dataclass
+class CachedTraining:
+    """What a step needs when the trunk's bottom is frozen and cached."""
+
+    forward: CachedForward
+    cache: FeatureCache
+    pairs: CachedPairSampler
+    split: FrozenSplit
+    triplets: list[Triplet]
+
+
+def _cached(
+    settings: TrainSettings, run: _Run, rows: list[ProductViews], bank: ImageBank, preprocess: Any
+) -> CachedTraining:
+    split = FrozenSplit(run.model, settings.freeze)
+    triplets: list[Triplet] = []
+    if settings.triplets:
+        triplets = read_triplets(settings.triplets, settings.data, settings.include_pending)
+        bank.load([r for t in triplets for r in (t.query, t.positive, t.negative)], "load triplets")
+        triplets = [
+            t for t in triplets if all(r in bank for r in (t.query, t.positive, t.negative))
+        ]
+    refs = [r for p in rows for r in p.views + p.street]
+    refs += [r for t in triplets for r in (t.query, t.positive, t.negative)]
+    cache = FeatureCache(
+        split,
+        bank,
+        refs,
+        preprocess.eval_transform(),
+        preprocess.train_transform(),
+        settings.cache_versions,
+        settings.seed,
+    )
+    pairs = CachedPairSampler(
+        rows,
+        cache,
+        street_fraction=settings.street_fraction,
+        same_category_fraction=settings.same_category_fraction,
+    )
+    return CachedTraining(CachedForward(run.model, split), cache, pairs, split, triplets)
+
+
+def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> tuple[float, float]:
+    freeze_batchnorm(run.model)
+    cache = cached.cache
+    queries, positives, labels = cached.pairs.batch(settings.batch_size, run.rng)
+    rows = np.concatenate([queries, positives])
+    embedded = cached.forward(cache.features[rows], cache.quarters[rows])
+    q, p = embedded[: len(queries)], embedded[len(queries) :]
+    loss = run.criterion(q, p, labels)
+    accuracy = float(((q @ p.T).argmax(dim=1) == torch.arange(len(q))).float().mean())
+    if cached.triplets and settings.triplet_weight > 0:
+        parts = triplet_rows(cached.triplets, cache, settings.batch_size // 2, run.rng)
+        rows = np.concatenate(parts)
+        tq, tp, tn = cached.forward(cache.features[rows], cache.quarters[rows]).split(len(parts[0]))
+        hinge = TripletLoss(settings.margin, reduction="mean")(tq, tp, tn)
+        loss = loss + settings.triplet_weight * hinge
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach()), accuracy
+
+
 def _plot_history(history: Path, path: Path) -> None:
     """Loss and validation recall against steps, as a PNG beside the run."""
     import matplotlib
@@ -316,7 +361,8 @@ def _plot_history(history: Path, path: Path) -> None:
 
     records = [json.loads(line) for line in history.read_text().splitlines()]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    left.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.6)
+    losses = [r for r in records if "loss" in r]
+    left.plot([r["step"] for r in losses], [r["loss"] for r in losses], lw=0.6)
     left.set(xlabel="step", ylabel="loss", title="training loss")
     for key in ("recall@1", "recall@5", "recall@20"):
         points = [(r["step"], r[key]) for r in records if key in r]

@@ -41,10 +41,10 @@ def deep_scorer(argument: str | None = None) -> Embedder:
     backbone, sep, weights = argument.partition(":")
     if sep and _is_backbone(backbone):
         return BackboneFeatures(backbone, Path(weights).expanduser())
-    from visnet.features.registry import get_embedder
+    from visnet.embed.registry import create_embedder
 
-    log.info("deep scorer: VisNet checkpoint %s", argument)
-    return get_embedder(f"checkpoint:{argument}")
+    log.info("deep scorer: %s", argument)
+    return create_embedder(argument, backend="auto")
 
 
 def _is_backbone(name: str) -> bool:

