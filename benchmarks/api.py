@@ -43,7 +43,9 @@ from tqdm import tqdm
 
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.products import Product
-from visnet.service.testing import build_tiny_catalog, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from service_helpers import free_port  # noqa: E402
 
 HOST = "127.0.0.1"  # never anything else: this tool only loads a server it started itself
 
@@ -85,17 +87,14 @@ def parse_args() -> argparse.Namespace:
 
 def prepare_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]:
     """The index to serve (a copy) and the folder of photos to search with, if any."""
-    if args.index is None:
+    if args.index is None:  # the tiny synthetic set, indexed at full dimension
         from visnet.data.synthetic import make_synthetic_set
         from visnet.embed.registry import create_embedder
         from visnet.index.build import build_index
 
-        if args.model == "colour-histogram":
-            root, index = build_tiny_catalog(work)
-        else:
-            root, index = work / "set", work / "index"
-            make_synthetic_set(root, seed=0)
-            build_index(root, create_embedder(args.model), index, dim=0)
+        root, index = work / "set", work / "index"
+        make_synthetic_set(root, seed=0)
+        build_index(root, create_embedder(args.model), index, dim=0)
         return index, root / "photos"
     index = work / "index"
     shutil.copytree(args.index, index, ignore=shutil.ignore_patterns("*.lock"))

@@ -12,11 +12,14 @@ The photo is the test split's first pair unless --photo names one (a path or a p
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from visnet.data.street2shop import read_set
 from visnet.service import create_app, load_settings
-from visnet.service.testing import CHROMIUM, CHROMIUM_ARGS, running_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from service_helpers import CHROMIUM, CHROMIUM_ARGS, running_server  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,7 +56,7 @@ def main() -> None:
     args = parse_args()
     photo = pick_photo(args.data, args.photo)
     settings = load_settings(
-        env={}, index=args.index, model=args.model, detector=args.detector, compute_threads=1
+        index=args.index, model=args.model, detector=args.detector, compute_threads=1
     )
     with running_server(create_app(settings)) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from visnet.service import create_app, load_settings
-from visnet.service.testing import (
+from service_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     build_tiny_catalog,
     running_server,
     seed_review_queue,
+    service_settings,
 )
+
+from visnet.service import create_app
 
 KEY = "browser-key-0123456789"
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
@@ -47,8 +48,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         queue: Path | None = seed_review_queue(root, folder / "review.sqlite")
     except ImportError:  # the review queue is another stage; the page works without it
         queue = None
-    settings = load_settings(
-        env={}, index=index, model="colour-histogram", api_key=KEY, review_queue=queue
+    settings = service_settings(
+        index=index, model="colour-histogram", api_key=KEY, review_queue=queue
     )
     app = create_app(settings)
     with running_server(app) as url:

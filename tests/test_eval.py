@@ -151,7 +151,7 @@ def test_dim_reduces_with_pca(data: Path) -> None:
 def test_bad_options_raise(data: Path) -> None:
     with pytest.raises(ValueError, match="crops"):
         evaluate(data, "phash", crops="boxes", progress=False)
-    with pytest.raises(ValueError, match="unknown embedder"):
+    with pytest.raises(ValueError, match="unknown model"):
         evaluate(data, "sift", progress=False)
 
 

@@ -115,7 +115,14 @@ def test_cached_forward_equals_the_model_on_the_clean_version(synthetic: Path) -
     bank = ImageBank(side=128)
     bank.load(refs)
     tf = model.config.preprocess().eval_transform()
-    cache = FeatureCache(split, bank, refs, tf, model.config.preprocess().train_transform(), 2, 0)
+    train_tf = model.config.preprocess().train_transform()
+    store = synthetic.parent / "feature-store"
+    cache = FeatureCache(split, bank, refs, tf, train_tf, 2, 0, store=store)
+    again = FeatureCache(split, bank, refs, tf, train_tf, 2, 0, store=store)  # loaded, not computed
+    assert len(list(store.iterdir())) == 1
+    assert torch.equal(again.features, cache.features) and torch.equal(
+        again.quarters, cache.quarters
+    )
     rows = cache.rows(refs, np.random.default_rng(0), clean=True)
     with torch.inference_mode():
         cached = CachedForward(model, split)(cache.features[rows], cache.quarters[rows])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,17 +21,18 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from service_helpers import (
+    build_tiny_catalog,
+    free_port,
+    running_server,
+    seed_review_queue,
+    service_settings,
+)
 
 from visnet.detect.detector import Detections
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.products import Product
 from visnet.service import create_app, load_settings
-from visnet.service.testing import (
-    build_tiny_catalog,
-    free_port,
-    running_server,
-    seed_review_queue,
-)
 
 KEY = "test-key-0123456789"
 MAX_BYTES = 256 * 1024
@@ -63,8 +66,7 @@ def _add_escaping_products(index_dir: Path, root: Path) -> None:
 
 @contextmanager
 def _serve(index: Path, root: Path, **changes: object) -> Iterator[Live]:
-    settings = load_settings(
-        env={},
+    settings = service_settings(
         index=index,
         model="colour-histogram",
         max_upload_bytes=MAX_BYTES,
@@ -156,12 +158,14 @@ def test_precomputed_answers_equal_live_ones(live: Live) -> None:
         stored = engine.precomputed_similar(pid, 3, True)
         assert stored is not None, "the tiny index precomputes every list"
         served = live.client.get(f"/v1/products/{pid}/similar", params={"k": 3}).json()
-        assert served["source"] in ("precomputed", "cache")
-        fresh = engine.results(engine.index.similar(pid, 3, True))
-        assert [r["product_id"] for r in served["results"]] == [r["product_id"] for r in fresh]
-        for a, b in zip(served["results"], fresh, strict=True):
-            assert {**a, "score": 0} == {**b, "score": 0}
-            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert served["source"] == "precomputed"
+        fresh = engine.live_similar(pid, 3, True)
+        assert fresh.source == "live"
+        assert [r["product_id"] for r in served["results"]] == [m.product_id for m in fresh.matches]
+        for a, b in zip(served["results"], fresh.matches, strict=True):
+            assert (a["title"], a["category"]) == (b.title, b.category)
+            assert a["image_url"] == f"/v1/images/{b.product_id}/0"
+            assert a["score"] == pytest.approx(b.score, abs=1e-4)
     assert engine.precomputed_similar("1", 3, False) is None  # across categories: live only
 
 
@@ -299,12 +303,68 @@ def _put(live: Live, pid: str, images: list[bytes], key: str | None = KEY, **ext
 
 
 def test_writes_need_the_key(live: Live) -> None:
-    for key in (None, "wrong-key-000000"):
-        assert _put(live, "x1", [_noise(1)], key=key).status_code == 401
+    for key, status, code in (
+        (None, 401, "unauthorized"),
+        ("wrong-key-000000", 403, "wrong_api_key"),
+    ):
+        put = _put(live, "x1", [_noise(1)], key=key)
+        assert (put.status_code, put.json()["error"]) == (status, code)
         headers = {"X-API-Key": key} if key else {}
         response = live.client.delete("/v1/products/1", headers=headers)
-        assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+        assert (response.status_code, response.json()["error"]) == (status, code)
     assert live.client.get("/v1/products/1").status_code == 200
+    assert live.client.get("/v1/products/x1").status_code == 404
+
+
+def test_the_key_is_checked_before_the_body_is_read(live: Live) -> None:
+    """A keyless upload is answered 401 at its headers: the server reads no byte of its body."""
+    port = int(live.url.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/products HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {MAX_BYTES // 2}\r\n\r\n"  # promised, never sent
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+            chunk = conn.recv(4096)  # a server waiting for the body would time out here
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.split()[1] == b"401", reply
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "unauthorized"
+
+
+def test_the_key_check_never_calls_receive(live: Live) -> None:
+    """At the ASGI level: a keyless write is refused without one `receive` call."""
+    received: list[object] = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/products",
+        "raw_path": b"/v1/products",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(live.app(scope, receive, send))  # type: ignore[operator]
+    assert sent[0]["status"] == 401 and not received
 
 
 def test_writes_are_disabled_without_a_configured_key(catalog: tuple[Path, Path]) -> None:
@@ -407,6 +467,50 @@ def test_health_ready_metrics_openapi_and_page(live: Live) -> None:
     assert live.client.get("/static/app.js").status_code == 200
 
 
+def test_openapi_documents_the_real_shapes_and_bounds(live: Live) -> None:
+    spec = live.client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                json_schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if json_schema is not None:  # every JSON answer, errors too, is a named model
+                    assert "$ref" in json_schema, (method, path, status, json_schema)
+    similar = spec["paths"]["/v1/products/{product_id}/similar"]["get"]
+    k = next(p for p in similar["parameters"] if p["name"] == "k")["schema"]
+    assert (k["minimum"], k["maximum"], k["default"]) == (1, 100, 20)
+    refs = {
+        s: r["content"]["application/json"]["schema"]["$ref"]
+        for s, r in similar["responses"].items()
+    }
+    assert refs["200"].endswith("/SimilarOut") and refs["404"].endswith("/ErrorOut")
+    search_form = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+    form_ref = search_form["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
+    form_k = spec["components"]["schemas"][form_ref]["properties"]["k"]
+    assert (form_k["minimum"], form_k["maximum"]) == (1, 100)
+    for path, method in (("/v1/products", "post"), ("/v1/products/{product_id}", "delete")):
+        operation = spec["paths"][path][method]
+        assert operation["security"] == [{"ApiKey": []}]
+        assert {"401", "403"} <= set(operation["responses"])
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": spec["components"]["securitySchemes"]["ApiKey"]["description"],
+    }
+
+
+def test_answers_validate_against_their_models(live: Live) -> None:
+    from visnet.service.schemas import ProductOut, ReadyOut, SearchOut, SimilarOut
+
+    for params in ({"k": 3}, {"k": 3, "same_category": "false"}, {"k": 50}):
+        answer = live.client.get("/v1/products/2/similar", params=params)
+        SimilarOut.model_validate_json(answer.content, strict=True)
+    image = (live.root / "photos" / "1.jpg").read_bytes()
+    SearchOut.model_validate_json(_search(live, image, k="2").content, strict=True)
+    ProductOut.model_validate_json(live.client.get("/v1/products/1").content, strict=True)
+    ReadyOut.model_validate_json(live.client.get("/readyz").content, strict=True)
+
+
 # ---- settings, freshness, the command --------------------------------------------------------
 
 
@@ -419,20 +523,38 @@ def test_a_served_index_cannot_be_opened_by_anyone_else(live: Live) -> None:
     assert live.client.get("/readyz").status_code == 200
 
 
-def test_settings_from_file_env_and_overrides(tmp_path: Path) -> None:
+def test_settings_from_file_env_and_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("VISNET_")]:
+        monkeypatch.delenv(name)
     config = tmp_path / "service.toml"
-    config.write_text('[service]\nindex = "/srv/index"\nmodel = "colour-histogram"\nport = 9000\n')
-    env = {"VISNET_PORT": "9100", "VISNET_API_KEY": KEY, "VISNET_MAX_K": "50", "OTHER": "x"}
-    settings = load_settings(config, env=env, port=None, max_k=None)
-    assert (settings.port, settings.api_key, settings.max_k) == (9100, KEY, 50)
+    config.write_text(
+        '[service]\nindex = "/srv/index"\nmodel = "colour-histogram"\nport = 9000\n'
+        "similar_cache_size = 5\nmax_objects = 2\n"
+    )
+    for name, value in {"PORT": "9100", "API_KEY": KEY, "MAX_OBJECTS": "3"}.items():
+        monkeypatch.setenv(f"VISNET_{name}", value)
+    monkeypatch.setenv("VISNET_REVIEW_QUEUE", "")  # empty: unset
+    settings = load_settings(config, port=None, max_objects=None)
+    assert (settings.port, settings.api_key, settings.max_objects) == (9100, KEY, 3)
+    assert settings.similar_cache_size == 5 and settings.review_queue is None
     assert settings.index == Path("/srv/index") and settings.writes_enabled
-    assert load_settings(config, env=env, port=9200).port == 9200
-    with pytest.raises(ValueError, match="unknown service setting"):
-        load_settings(config, env={}, colour="red")
-    with pytest.raises(ValueError, match="missing service settings"):
-        load_settings(env={})
+    assert load_settings(config, port=9200).port == 9200
+    assert load_settings(index="~/x", model="m").index == Path.home() / "x"
+    with pytest.raises(ValueError, match="colour: Extra inputs are not permitted"):
+        load_settings(config, colour="red")
+    with pytest.raises(ValueError, match="precompute_k"):
+        load_settings(config, precompute_k=0)
+    monkeypatch.setenv("VISNET_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match=r"max_pixels \(or VISNET_MAX_PIXELS\)"):
+        load_settings(config)
+    monkeypatch.delenv("VISNET_MAX_PIXELS")
+    monkeypatch.delenv("VISNET_API_KEY")
+    with pytest.raises(ValueError, match=r"index \(or VISNET_INDEX\): Field required"):
+        load_settings(model="m")
     with pytest.raises(ValueError, match="api_key"):
-        load_settings(config, env={}, api_key="short")
+        load_settings(config, api_key="short")
 
 
 def test_recommendations_go_stale_on_writes_and_refresh(tmp_path: Path) -> None:

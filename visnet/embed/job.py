@@ -1,7 +1,8 @@
 """The feature-vector job: catalog views -> embeddings, written as resumable shards.
 
-Reader (catalog rows) -> mapper (decode + embed a batch; a bad image is skipped and reported) ->
-writer (one `.npy` shard and its `.json` rows at a time, each moved into place when complete).
+Catalog rows go through the embedding pipeline (`visnet.embed.pipeline`: parallel decode,
+batched embedding, bad images skipped and counted); the writer here puts out one `.npy` shard
+and its `.json` rows at a time, each moved into place when complete.
 
     OUT/shard-00000.npy        float32 (n, dim), unit rows
     OUT/shard-00000.json       {"rows": [{"vector_id", "product", "category", "image"}, ...],
@@ -15,19 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from visnet.data.catalog import read_catalog
 from visnet.data.street2shop import read_set
+from visnet.embed.pipeline import (
+    Batch,
+    Item,
+    PipelineSettings,
+    Skipped,
+    embed_items,
+    run_pipeline,
+)
 from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
-from visnet.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +63,55 @@ def catalog_rows(source: str | Path) -> list[CatalogRow]:
     return [CatalogRow(i, item.id, item.category, str(item.image)) for i, item in enumerate(items)]
 
 
-def _batches(rows: list[CatalogRow], size: int) -> Iterator[list[CatalogRow]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+def catalog_items(rows: list[CatalogRow]) -> list[Item]:
+    """The pipeline's items for catalog rows: key = position in `rows`, source = the image file."""
+    return [Item(i, row.image) for i, row in enumerate(rows)]
 
 
-def embed_rows(rows: list[CatalogRow], embedder: Embedder) -> tuple[np.ndarray, list, list]:
-    """Decode and embed a batch; unreadable images are returned as skipped, never raised."""
-    images, kept, skipped = [], [], []
-    for row in rows:
-        try:
-            images.append(load_image(row.image))
-            kept.append(row)
-        except ImageError as exc:
-            skipped.append({"image": row.image, "error": f"{type(exc).__name__}: {exc}"})
-    vectors = embedder.embed(images) if images else np.zeros((0, embedder.dim), np.float32)
-    return vectors, kept, skipped
+def embed_catalog(
+    rows: list[CatalogRow], embedder: Embedder, settings: PipelineSettings | None = None
+) -> tuple[np.ndarray, list[CatalogRow], list[dict[str, str]]]:
+    """Every row through the embedding pipeline, in memory: (vectors, kept rows, skipped)."""
+    settings = settings or PipelineSettings(desc="embed catalog")
+    done = embed_items(catalog_items(rows), embedder, settings)
+    return done.single(), [rows[i] for i in done.keys], [_skip(rows, s) for s in done.skipped]
+
+
+def _skip(rows: list[CatalogRow], skipped: Skipped) -> dict[str, str]:
+    return {"image": rows[skipped.key].image, "error": skipped.detail or skipped.reason}
+
+
+class _ShardWriter:
+    """The job's writer: gathers pipeline batches by shard and writes each shard once whole."""
+
+    def __init__(
+        self, out: Path, rows: list[CatalogRow], shard_size: int, embedder: Embedder
+    ) -> None:
+        self.out, self.rows, self.shard_size = out, rows, shard_size
+        self.name, self.dim = embedder.name, embedder.dim
+        self.parts: dict[int, tuple[list[np.ndarray], list[CatalogRow], list[dict]]] = {}
+        self.seen: dict[int, int] = {}
+
+    def write(self, batch: Batch) -> None:
+        for key, vector in zip(batch.keys, batch.vectors[self.name], strict=True):
+            vectors, kept, _ = self._part(key)
+            vectors.append(vector)
+            kept.append(self.rows[key])
+            self._done_one(key)
+        for skipped in batch.skipped:
+            self._part(skipped.key)[2].append(_skip(self.rows, skipped))
+            self._done_one(skipped.key)
+
+    def _part(self, key: int) -> tuple[list[np.ndarray], list[CatalogRow], list[dict]]:
+        return self.parts.setdefault(key // self.shard_size, ([], [], []))
+
+    def _done_one(self, key: int) -> None:
+        shard = key // self.shard_size
+        self.seen[shard] = self.seen.get(shard, 0) + 1
+        if self.seen[shard] == min(self.shard_size, len(self.rows) - shard * self.shard_size):
+            vectors, kept, skipped = self.parts.pop(shard)  # every row embedded or skipped
+            stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+            _write_shard(self.out, shard, stacked, kept, skipped)
 
 
 def _write_shard(out: Path, index: int, vectors: np.ndarray, kept: list, skipped: list) -> None:
@@ -86,7 +125,11 @@ def _write_shard(out: Path, index: int, vectors: np.ndarray, kept: list, skipped
 
 
 def run_embed_job(
-    source: str | Path, embedder: Embedder, out: str | Path, shard_size: int = 1024
+    source: str | Path,
+    embedder: Embedder,
+    out: str | Path,
+    shard_size: int = 1024,
+    settings: PipelineSettings | None = None,
 ) -> dict[str, Any]:
     """Embed every catalog view of `source` into shards under `out`; return the manifest."""
     out = Path(out)
@@ -97,17 +140,18 @@ def run_embed_job(
         json.dumps({"fingerprint": fingerprint, "shard_size": shard_size})
     )
     rows = catalog_rows(source)
-    shards = list(_batches(rows, shard_size))
-    bar = tqdm(total=len(rows), desc="embed", unit="img")
-    for index, shard in enumerate(shards):
-        if (out / f"shard-{index:05d}.json").is_file():
-            bar.update(len(shard))  # written by an earlier, interrupted run
-            continue
-        vectors, kept, skipped = embed_rows(shard, embedder)
-        _write_shard(out, index, vectors, kept, skipped)
-        bar.update(len(shard))
-    bar.close()
-    return _write_manifest(out, embedder, fingerprint, len(shards), len(rows))
+    shards = (len(rows) + shard_size - 1) // shard_size
+    # shards written by an earlier, interrupted run are not redone
+    todo = [
+        item
+        for item in catalog_items(rows)
+        if not (out / f"shard-{item.key // shard_size:05d}.json").is_file()
+    ]
+    writer = _ShardWriter(out, rows, shard_size, embedder)
+    settings = settings or PipelineSettings(desc="embed", progress=True)
+    for batch in run_pipeline(todo, {embedder.name: embedder}, settings):
+        writer.write(batch)
+    return _write_manifest(out, embedder, fingerprint, shards, len(rows))
 
 
 def _check_existing(out: Path, fingerprint: str, shard_size: int) -> None:
@@ -130,8 +174,6 @@ def _write_manifest(
         meta = json.loads((out / f"shard-{index:05d}.json").read_text())
         count += len(meta["rows"])
         skipped += meta["skipped"]
-    for item in skipped:
-        log.warning("skipped %s: %s", item["image"], item["error"])
     manifest = {
         "model": embedder.name,
         "fingerprint": fingerprint,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -65,7 +66,7 @@ class Item:
     (xyxy pixels) grown by `margin` of its width and height on each side.
     """
 
-    key: Hashable
+    key: Any
     source: Source | None
     box: Box | None = None
     margin: float = 0.0
@@ -75,7 +76,7 @@ class Item:
 class Skipped:
     """An item that could not be embedded: a short countable `reason` and the full `detail`."""
 
-    key: Hashable
+    key: Any
     reason: str
     detail: str = ""
 
@@ -102,7 +103,7 @@ class PipelineSettings:
 class Batch:
     """One mapped batch: the keys embedded (input order), their vectors per embedder, the skips."""
 
-    keys: list[Hashable]
+    keys: list[Any]
     vectors: dict[str, np.ndarray]
     skipped: list[Skipped]
 
@@ -111,7 +112,7 @@ class Batch:
 class Embedded:
     """Everything a run embedded: keys in input order, vectors per embedder, the skipped items."""
 
-    keys: list[Hashable]
+    keys: list[Any]
     vectors: dict[str, np.ndarray]
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -135,7 +136,8 @@ def read_item(item: Item) -> Image.Image | Skipped:
         try:
             image = load_image(item.source)
         except ImageError as exc:
-            return Skipped(item.key, f"unreadable image ({exc.code})", f"{type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            return Skipped(item.key, f"unreadable image ({exc.code})", detail)
     if item.box is None:
         return image
     # imported here: visnet.detect's package import loads torchvision (seconds), which an
@@ -233,7 +235,7 @@ def run_pipeline(
 
 def collect(batches: Iterable[Batch], dims: Mapping[str, int]) -> Embedded:
     """The in-memory writer: every batch joined, in order (`dims` sizes empty results)."""
-    keys: list[Hashable] = []
+    keys: list[Any] = []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in dims}
     skipped: list[Skipped] = []
     for batch in batches:

@@ -6,18 +6,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from visnet.data.catalog import read_side_info, side_attribute
 from visnet.data.street2shop import Street2ShopSet, StreetPair, read_set
-from visnet.detect.crops import CROP_MARGIN, QUERY_BOXES, SCORE_WEIGHT, query_boxes
+from visnet.detect.crops import QUERY_BOXES, QUERY_MARGIN, SCORE_WEIGHT, query_boxes
+from visnet.embed.pipeline import Item, PipelineSettings, Skipped, embed_items, read_batches
+from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.eval.cache import (
     CachedEmbeddings,
     EmbeddingCache,
@@ -27,28 +27,27 @@ from visnet.eval.cache import (
 )
 from visnet.eval.metrics import dedupe_products, recall_at_k
 from visnet.eval.recommend import read_variants, recommendation_quality
-from visnet.features.base import Embedder, l2_normalise
-from visnet.embed.registry import create_embedder, embedder_fingerprint
-from visnet.images import ImageError, load_image
+from visnet.features.base import Embedder
+from visnet.index.pca import PCA, fit_pca, max_components
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CROP_MODES", "DEFAULT_KS", "embed_queries", "embed_shop", "evaluate", "reduce_dims"]
+__all__ = [
+    "CROP_MODES",
+    "DEFAULT_KS",
+    "embed_queries",
+    "embed_shop",
+    "evaluate",
+    "rank_queries",
+    "reduce_dims",
+]
 
 CROP_MODES = ("gt", "none", "detector")
 DEFAULT_KS = (1, 5, 10, 20)
-BATCH_SIZE = 64
-READER_THREADS = 2
-MISSING = "missing image file"
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One image to embed: its id in the cache, its file (None if missing) and an optional crop."""
-
-    id: int
-    path: Path | None
-    box: tuple[float, float, float, float] | None = None
+# A true box is searched as annotated; a detected box with the context a served query keeps.
+MARGINS = {"gt": 0.0, "detector": QUERY_MARGIN}
+# the crop function's version in cache keys: queries cached before it cut crops another way
+CROP_VERSION = "crop_with_margin-1"
 
 
 # ------------------------------------------------------------------------------- entry function
@@ -107,12 +106,12 @@ def evaluate(
     if boxes is not None:
         # the crops depend on the detector file, the number of boxes and the margin
         digest = _file_digest(Path(str(detector)))
-        base = {**base, "detector": digest, "boxes": str(per_query), "margin": str(CROP_MARGIN)}
+        base = {**base, "detector": digest, "boxes": str(per_query), "margin": str(QUERY_MARGIN)}
     crops_of = embed_queries(data, model, split, crops, cache, base, progress, boxes)
     queries = _group_crops(crops_of, data.pairs[split], boxes)
-    shop_vectors, query_vectors = reduce_dims(shop.vectors, crops_of.vectors, dim)
+    shop_vectors, query_vectors, _ = reduce_dims(shop.vectors, crops_of.vectors, dim)
     pairs = [data.pairs[split][i] for i in queries.ids]
-    rankings = _rank_queries(
+    rankings = rank_queries(
         data, shop.ids, shop_vectors, pairs, query_vectors, max(ks), queries.rows, queries.bonus
     )
     result = {
@@ -159,7 +158,7 @@ def embed_shop(
 ) -> CachedEmbeddings:
     """Embeddings of every distinct catalog photo (ids = photo ids), from the cache if present."""
     photos = sorted({s.photo for s in data.shop})
-    items = [_Item(photo, data.photo_path(photo)) for photo in photos]
+    items = [Item(photo, data.photo_path(photo)) for photo in photos]
     return _cached(
         cache, {**base, "kind": "shop"}, lambda: _embed(items, embedder, "catalog", progress)
     )
@@ -177,18 +176,20 @@ def embed_queries(
 ) -> CachedEmbeddings:
     """Embeddings of the street photos of `split`, one row per crop.
 
-    The crop is the true box (`gt`), none, or each of the `boxes` given per photo id
-    (`detector`: box and log relative score, best first; none found means the whole photo).
-    Row ids are `pair index * per_photo + crop number`, per_photo being 1 unless `boxes` is
-    given, where it is the most boxes any photo has.
+    The crop is the true box (`gt`, as annotated), none, or each of the `boxes` given per photo
+    id (`detector`: box and log relative score, best first, each grown by `QUERY_MARGIN` as the
+    service grows its detections; none found means the whole photo). Row ids are
+    `pair index * per_photo + crop number`, per_photo being 1 unless `boxes` is given, where it
+    is the most boxes any photo has.
     """
     per_photo = _per_photo(boxes)
+    margin = MARGINS.get(crops, 0.0)
     items = [
-        _Item(i * per_photo + j, data.photo_path(p.photo), box)
+        Item(i * per_photo + j, data.photo_path(p.photo), box, margin)
         for i, p in enumerate(data.pairs[split])
         for j, box in enumerate(_query_boxes(p, crops, boxes))
     ]
-    key = {**base, "kind": "queries", "split": split, "crops": crops}
+    key = {**base, "kind": "queries", "split": split, "crops": crops, "crop": CROP_VERSION}
     return _cached(cache, key, lambda: _embed(items, embedder, f"{split} queries", progress))
 
 
@@ -247,29 +248,25 @@ def _group_crops(
 def _detector_boxes(
     data: Street2ShopSet, split: str, path: str | Path | None, progress: bool, top: int
 ) -> dict[int, list[tuple[tuple[float, float, float, float], float]]]:
-    """The `top` best boxes of each street photo, grown by a margin, with log relative scores."""
+    """The `top` best boxes of each readable street photo, with log relative scores.
+
+    Photos are decoded by the embedding pipeline's reader (in parallel, bad ones skipped).
+    """
     from visnet.detect import Detector
 
     detector = Detector.load(str(path))
     boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] = {}
     photos = sorted({p.photo for p in data.pairs[split]})
-    for photo in tqdm(photos, desc="detect", unit="img", disable=not progress, leave=False):
-        image_path = data.photo_path(photo)
-        if image_path is None:
-            continue
-        try:
-            image = load_image(image_path)
-        except ImageError:
-            continue
-        found = detector.detect([image])[0]
-        boxes[photo] = [(_grow(box, image.size), log) for box, log in query_boxes(found, top)]
+    items = [Item(photo, data.photo_path(photo)) for photo in photos]
+    bar = tqdm(total=len(items), desc="detect", unit="img", disable=not progress, leave=False)
+    with bar:
+        for batch in read_batches(items, batch_size=8):
+            for item, image in batch:
+                if not isinstance(image, Skipped):
+                    found = detector.detect([image])[0]
+                    boxes[int(item.key)] = query_boxes(found, top)
+            bar.update(len(batch))
     return boxes
-
-
-def _grow(box: Any, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    dx, dy = (x1 - x0) * CROP_MARGIN, (y1 - y0) * CROP_MARGIN
-    return (max(0.0, x0 - dx), max(0.0, y0 - dy), min(size[0], x1 + dx), min(size[1], y1 + dy))
 
 
 def _file_digest(path: Path) -> str:
@@ -289,63 +286,15 @@ def _cached(
     return entry
 
 
-def _read(item: _Item) -> tuple[Image.Image | None, str | None]:
-    if item.path is None:
-        return None, MISSING
-    try:
-        image = load_image(item.path)
-    except ImageError as exc:
-        return None, f"unreadable image ({exc.code})"
-    if item.box is None:
-        return image, None
-    left, top = max(0, round(item.box[0])), max(0, round(item.box[1]))
-    right, bottom = min(image.width, round(item.box[2])), min(image.height, round(item.box[3]))
-    if right <= left or bottom <= top:
-        return None, "box outside the photo"
-    return image.crop((left, top, right, bottom)), None
-
-
-def _embed(items: list[_Item], embedder: Embedder, what: str, progress: bool) -> CachedEmbeddings:
-    """Reader threads decode the next batch while the current one is embedded."""
-    ids: list[int] = []
-    chunks: list[np.ndarray] = []
-    skipped: list[tuple[int, str]] = []
-    batches = [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
-    with (
-        ThreadPoolExecutor(READER_THREADS) as pool,
-        tqdm(
-            total=len(items), desc=f"embed {what}", unit="img", disable=not progress, leave=False
-        ) as bar,
-    ):
-        pending: list[Future] = [pool.submit(_read, item) for item in batches[0]] if batches else []
-        for index, batch in enumerate(batches):
-            done = [future.result() for future in pending]
-            nxt = batches[index + 1] if index + 1 < len(batches) else []
-            pending = [pool.submit(_read, item) for item in nxt]
-            good = [
-                (item.id, image)
-                for item, (image, _) in zip(batch, done, strict=True)
-                if image is not None
-            ]
-            skipped += [(item.id, why) for item, (_, why) in zip(batch, done, strict=True) if why]
-            if good:
-                chunks.append(_embed_batch(embedder, [image for _, image in good]))
-                ids += [i for i, _ in good]
-            bar.update(len(batch))
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
-    if skipped:
-        log.warning("%s: skipped %d of %d images", what, len(skipped), len(items))
-    return CachedEmbeddings(ids=ids, vectors=vectors, skipped=skipped)
-
-
-def _embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
-    vectors = np.asarray(embedder.embed(images), dtype=np.float32)
-    if vectors.shape != (len(images), embedder.dim):
-        raise ValueError(
-            f"embedder {embedder.name!r} returned shape {vectors.shape} for {len(images)} images; "
-            f"expected ({len(images)}, {embedder.dim})"
-        )
-    return vectors
+def _embed(items: list[Item], embedder: Embedder, what: str, progress: bool) -> CachedEmbeddings:
+    """The embedding pipeline over `items`, as a cache entry (ids = item keys)."""
+    settings = PipelineSettings(progress=progress, desc=f"embed {what}")
+    done = embed_items(items, embedder, settings)
+    return CachedEmbeddings(
+        ids=[int(key) for key in done.keys],
+        vectors=done.single(),
+        skipped=[(int(s.key), s.reason) for s in done.skipped],
+    )
 
 
 # ----------------------------------------------------------------------------- reduce and search
@@ -353,24 +302,23 @@ def _embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
 
 def reduce_dims(
     shop: np.ndarray, queries: np.ndarray, dim: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """PCA to `dim` fitted on the catalog vectors, applied to both, rows re-normalised."""
+) -> tuple[np.ndarray, np.ndarray, PCA | None]:
+    """The index's PCA (`visnet.index.pca.fit_pca`) to `dim`, fitted on the catalog vectors as
+    `visnet index build` fits it, applied to both sides; returns both and the PCA."""
     if dim is None or len(shop) == 0:
-        return shop, queries
-    limit = min(shop.shape)
+        return shop, queries, None
+    limit = max_components(*shop.shape)
     if dim > limit:
         raise ValueError(
             f"dim {dim} is too large: PCA on {shop.shape[0]} catalog vectors of {shop.shape[1]}-D "
             f"can keep at most {limit} dimensions"
         )
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=dim, random_state=0).fit(shop)
-    reduced_queries = pca.transform(queries) if len(queries) else np.zeros((0, dim))
-    return l2_normalise(pca.transform(shop)), l2_normalise(reduced_queries)
+    pca = fit_pca(shop, dim=dim)
+    reduced_queries = pca.apply(queries) if len(queries) else np.zeros((0, dim), np.float32)
+    return pca.apply(shop), reduced_queries, pca
 
 
-def _rank_queries(
+def rank_queries(
     data: Street2ShopSet,
     shop_ids: list[int],
     shop_vectors: np.ndarray,

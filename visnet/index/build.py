@@ -1,7 +1,13 @@
-"""Build a catalog index from a catalog: embed (resumable) -> fit PCA -> ingest -> precompute.
+"""Build a catalog index from a catalog: embed -> fit PCA -> ingest -> precompute -> snapshot.
+
+The catalog is embedded by the embedding pipeline (`visnet.embed.pipeline`: parallel decode,
+batched embedding, bad images skipped and counted), in memory; or, given an `embeddings`
+folder, by the resumable feature-vector job, whose shards a rerun after a kill picks up.
 
 The index is built in `OUT.partial` and moved into place only when complete, so a failed or
-killed build never leaves a half-written index where a server would open it.
+killed build never leaves a half-written index where a server would open it. That staging
+folder is the build's safety net, so its vector store takes no write-ahead log: each vector is
+written once, by the final snapshot.
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ import numpy as np
 from tqdm import tqdm
 
 from visnet.data.catalog import read_side_info
-from visnet.embed.job import CatalogRow, read_shards, run_embed_job
+from visnet.embed.job import CatalogRow, catalog_rows, embed_catalog, read_shards, run_embed_job
+from visnet.embed.pipeline import PipelineSettings
+from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.index.catalog_index import CatalogIndex
+from visnet.index.embedded import StoreSettings
 from visnet.index.pca import fit_pca
 from visnet.index.products import Product
 
 log = logging.getLogger(__name__)
+
+INGEST_BATCH = 4096  # products per write: one SQLite transaction pair each
 
 
 def _products(
@@ -57,6 +68,20 @@ def _relative(image: str, root: Path) -> str:
         return image
 
 
+def _embed(
+    source: Path, embedder: Embedder, embeddings: Path | None
+) -> tuple[np.ndarray, list[CatalogRow], dict[str, Any]]:
+    """(vectors, rows, {model, fingerprint, dim, skipped}) of every readable catalog view."""
+    if embeddings is not None:
+        run_embed_job(source, embedder, embeddings)
+        vectors, rows, manifest = read_shards(embeddings)
+        return vectors, rows, manifest
+    settings = PipelineSettings(desc="embed catalog", progress=True)
+    vectors, rows, skipped = embed_catalog(catalog_rows(source), embedder, settings)
+    model = {"model": embedder.name, "fingerprint": embedder_fingerprint(embedder)}
+    return vectors, rows, {**model, "dim": embedder.dim, "skipped": skipped}
+
+
 def build_index(
     source: str | Path,
     embedder: Embedder,
@@ -65,11 +90,13 @@ def build_index(
     embeddings: str | Path | None = None,
     precompute_k: int = 20,
 ) -> dict[str, Any]:
-    """Embed every catalog view of `source`, fit a PCA to `dim`, and write a complete index."""
+    """Embed every catalog view of `source`, fit a PCA to `dim`, and write a complete index.
+
+    `embeddings`: a folder for the feature-vector job's shards (resumable; kept afterwards);
+    None embeds in memory and writes no shards.
+    """
     source, out = Path(source), Path(out)
-    shards = Path(embeddings) if embeddings else out.with_name(out.name + ".embeddings")
-    run_embed_job(source, embedder, shards)
-    vectors, rows, manifest = read_shards(shards)
+    vectors, rows, manifest = _embed(source, embedder, Path(embeddings) if embeddings else None)
     if not rows:
         raise ValueError(f"{source}: the catalog has no readable images; nothing to index")
     pca = fit_pca(vectors, dim=dim) if dim and dim < vectors.shape[1] else None
@@ -81,13 +108,13 @@ def build_index(
         model_name=manifest["model"],
         embedding_dim=int(manifest["dim"]),
         pca=pca,
+        settings=StoreSettings(log_writes=False),
     )
     try:
-        items = _products(
-            rows, vectors, read_side_info(source), source if source.is_dir() else source.parent
-        )
-        for start in tqdm(range(0, len(items), 256), desc="index", unit="batch"):
-            index.upsert_many(items[start : start + 256])
+        root = source if source.is_dir() else source.parent
+        items = _products(rows, vectors, read_side_info(source), root)
+        for start in tqdm(range(0, len(items), INGEST_BATCH), desc="index", unit="batch"):
+            index.upsert_many(items[start : start + INGEST_BATCH])
         precomputed = index.precompute_similar(k=precompute_k) if precompute_k else 0
         index.snapshot()
         summary = {

@@ -9,7 +9,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,6 +43,9 @@ class StoreSettings:
     exact_threshold: int = 20_000
     hnsw: HnswParams = field(default_factory=HnswParams)
     wal_max_bytes: int = 256 << 20  # a write past this takes a snapshot (bounds replay time)
+    # False: writes skip the log and only a snapshot keeps them; for a bulk load into a folder
+    # that is thrown away unless it ends with a snapshot (`visnet index build`'s staging folder)
+    log_writes: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "exact", "hnsw"):
@@ -210,8 +213,7 @@ class EmbeddedStore:
             return
         with self._writer:
             self._check_open()
-            if self._wal is not None:
-                self._wal.append_upsert(ids, vectors, list(categories))
+            self._log(lambda wal: wal.append_upsert(ids, vectors, list(categories)))
             with self._lock.write():
                 self._apply_upsert(ids, vectors, list(categories))
         self._maybe_snapshot()
@@ -223,11 +225,17 @@ class EmbeddedStore:
             return
         with self._writer:
             self._check_open()
-            if self._wal is not None:
-                self._wal.append_delete(ids)
+            self._log(lambda wal: wal.append_delete(ids))
             with self._lock.write():
                 self._apply_delete(ids)
         self._maybe_snapshot()
+
+    def _log(self, append: Callable[[WriteAheadLog], int]) -> None:
+        """Log a write durably; with `log_writes` off, only number it (the next snapshot's name)."""
+        if self._wal is not None and self.settings.log_writes:
+            append(self._wal)
+        elif self._wal is not None:
+            self._wal.set_last_lsn(self._wal.last_lsn + 1)
 
     def _check_open(self) -> None:
         if self._closed:

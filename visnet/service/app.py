@@ -24,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visnet.service import review_routes, routes
 from visnet.service.engine import Engine
-from visnet.service.errors import BodyLimitMiddleware, install_error_handlers
+from visnet.service.errors import install_error_handlers
+from visnet.service.guards import ApiKeyMiddleware, BodyLimitMiddleware
 from visnet.service.metrics import Metrics, MetricsMiddleware
-from visnet.service.schemas import FastJSON
 from visnet.service.settings import ServiceSettings
 
 __all__ = ["create_app", "serve"]
@@ -73,7 +73,7 @@ def _lifespan(settings: ServiceSettings, metrics: Metrics) -> Any:
             app.state.review = review_routes.ReviewDesk(settings.review_queue, settings.review_root)
         engine = await run_in_threadpool(Engine.load, settings, metrics)
         metrics.bind(
-            products=lambda: float(engine.index.count()),
+            products=lambda: float(engine.product_count()),
             fresh=lambda: float(engine.recommendations.fresh),
         )
         app.state.engine = engine
@@ -96,7 +96,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         version="1",
         summary="Visual search and visual recommendation for an e-commerce catalog.",
         lifespan=_lifespan(settings, metrics),
-        default_response_class=FastJSON,
         docs_url="/docs",
         redoc_url=None,
     )
@@ -115,8 +114,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def favicon() -> Response:
         return Response(status_code=204)
 
-    # outermost first: metrics see every request (413s included), then headers, then the cap
+    # outermost first: metrics see every request (401s and 413s included), then headers, then
+    # the key and the size cap, both before the body is read
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(PageHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

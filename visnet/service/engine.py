@@ -1,7 +1,7 @@
 """The service's work, without HTTP: decode -> detect -> embed -> search, similar, writes.
 
-It answers in domain objects (`SearchResults`, `Similar`, `Product`) and reaches the index only
-through `CatalogIndex`'s methods; the routes turn its answers into the API's shapes.
+It answers in domain objects (`answers.py`, `Product`) and reaches the index only through
+`CatalogIndex`'s methods; the routes turn its answers into the API's shapes.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,70 +25,14 @@ from visnet.images import ImageLimits, load_image
 from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Product
 from visnet.service import files
+from visnet.service.answers import Match, ObjectResults, SearchObject, SearchResults, Similar
 from visnet.service.freshness import Recommendations
 from visnet.service.metrics import Metrics
 from visnet.service.settings import ServiceSettings
 
-__all__ = [
-    "Engine",
-    "Match",
-    "ObjectResults",
-    "SearchObject",
-    "SearchResults",
-    "Similar",
-    "load_embedder",
-]
+__all__ = ["Engine", "LruCache", "load_embedder"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchObject:
-    """One thing to search for in a photo: a detected object's crop, or the whole photo."""
-
-    image: Image.Image
-    box: tuple[float, ...] | None = None
-    label: str | None = None
-    score: float | None = None
-    label_score: float | None = None
-
-
-@dataclass(frozen=True)
-class Match:
-    """One product in a result list: what a result shows of it, and how alike it is."""
-
-    product_id: str
-    title: str
-    category: str
-    score: float
-    views: int  # how many images the product has
-
-
-@dataclass(frozen=True)
-class ObjectResults:
-    """What one object of a photo matched: where it is, what the detector said, what was searched."""
-
-    box: tuple[float, ...] | None  # None: the whole photo
-    label: str | None
-    score: float | None
-    label_score: float | None
-    category: str | None  # the category searched: the request's filter or a trusted label
-    matches: list[Match]
-
-
-@dataclass(frozen=True)
-class SearchResults:
-    objects: list[ObjectResults]
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Similar:
-    """A "more like this" answer: from the stored list, or searched now."""
-
-    product_id: str
-    source: Literal["precomputed", "live"]
-    matches: tuple[Match, ...]
 
 
 class LruCache:
@@ -298,10 +241,8 @@ class Engine:
         """Index hits -> result entries (titles and categories from the product cache)."""
         out = []
         for hit in hits:
-            product = self.product(hit.product_id)
-            out.append(
-                Match(hit.product_id, product.title, product.category, hit.score, len(product.images))
-            )
+            found = self.product(hit.product_id)
+            out.append(Match(found.id, found.title, found.category, hit.score, len(found.images)))
         return out
 
     def quick_similar(self, product_id: str, k: int, same_category: bool) -> Similar | None:
@@ -404,4 +345,3 @@ class Engine:
             finally:
                 self._invalidate()
             files.remove_uploads(self.index.path, product_id)
-

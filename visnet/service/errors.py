@@ -1,4 +1,4 @@
-"""API errors: one JSON shape `{"error": code, "message": text}`, its handlers, its documentation."""
+"""API errors: one JSON shape `{"error": code, "message": text}`, its handlers, its OpenAPI."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ HTTP_CODES = {
     413: "upload_too_large",
 }
 WHEN = {  # what each documented error status means, for /openapi.json
-    400: "not an image, or a truncated one (`not_an_image`, `truncated_image`)",
+    400: "the body cannot be parsed, or an upload is not an image or is truncated "
+    "(`bad_request`, `not_an_image`, `truncated_image`)",
     401: "the X-API-Key header is missing (`unauthorized`)",
     403: "the X-API-Key header is wrong, or writes are disabled (`wrong_api_key`, "
     "`writes_disabled`)",

@@ -34,7 +34,6 @@ class Recommendations:
         self.index, self.k, self.refresh_after_s = index, k, refresh_after_s
         self.path = index.path / STATE_FILE
         self.generation = 0  # bumped by every write; a refresh only counts if none came meanwhile
-        self.refreshing = False
         self._due: float | None = None
         self._stop = False
         self._cond = threading.Condition()
@@ -96,7 +95,6 @@ class Recommendations:
     def refresh(self, generation: int | None = None) -> bool:
         """Recompute every list now; True when they are fresh afterwards."""
         generation = self.generation if generation is None else generation
-        self.refreshing = True
         start = time.perf_counter()
         try:
             count = self.index.precompute_similar(k=self.k)
@@ -105,8 +103,6 @@ class Recommendations:
             with self._cond:
                 self._due = time.monotonic() + self.refresh_after_s
             return False
-        finally:
-            self.refreshing = False
         with self._cond:
             if generation != self.generation:
                 return False  # written meanwhile; the write scheduled another refresh

@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.security import APIKeyHeader
-from starlette.routing import BaseRoute, Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visnet.service.errors import error_body
 
-__all__ = ["API_KEY", "ApiKeyMiddleware", "BodyLimitMiddleware"]
+__all__ = ["API_KEY", "ApiKeyMiddleware", "BodyLimitMiddleware", "documented_operations"]
 
-KEY_HEADER = "X-API-Key"
-# Write routes declare `dependencies=[Security(API_KEY)]`: it documents the key in /openapi.json
-# and marks the route for ApiKeyMiddleware, which does the checking (the dependency checks
-# nothing: FastAPI runs dependencies only after it has read and parsed the body).
+KEY_HEADER, KEY_SCHEME = "X-API-Key", "ApiKey"
+# Write routes declare `dependencies=[Security(API_KEY)]`: that documents the key in
+# /openapi.json, and ApiKeyMiddleware checks the key on exactly the operations documented so.
+# The dependency itself checks nothing: FastAPI runs dependencies after it has read the body.
 API_KEY = APIKeyHeader(
     name=KEY_HEADER,
     auto_error=False,
-    scheme_name="ApiKey",
+    scheme_name=KEY_SCHEME,
     description="the server's key (`--api-key` or VISNET_API_KEY); writes need it",
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def needs_key(route: BaseRoute) -> bool:
-    """Whether a route is a write route (declares the `API_KEY` dependency)."""
-    return any(dep.dependency is API_KEY for dep in getattr(route, "dependencies", ()))
+def documented_operations(app: FastAPI) -> list[tuple[str, str, re.Pattern[str], dict]]:
+    """(method, path template, path regex, OpenAPI entry) of every operation in /openapi.json:
+    what a middleware matches a request against before the router has run."""
+    return [
+        (method.upper(), path, compile_path(path)[0], operation)
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+    ]
+
+
+def write_operations(app: FastAPI) -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path regex) of every operation whose OpenAPI entry requires the key."""
+    return [
+        (method, regex)
+        for method, _, regex, operation in documented_operations(app)
+        if any(KEY_SCHEME in need for need in operation.get("security", ()))
+    ]
 
 
 async def _answer(send: Send, status: int, code: str, message: str) -> None:
@@ -60,12 +76,13 @@ class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.expected = None if api_key is None else api_key.encode()
-        self._writes: list[BaseRoute] | None = None
+        self._writes: list[tuple[str, re.Pattern[str]]] | None = None
 
     def _is_write(self, scope: Scope) -> bool:
         if self._writes is None:  # the app's routes are fixed once it serves
-            self._writes = [r for r in scope["app"].routes if needs_key(r)]
-        return any(route.matches(scope)[0] == Match.FULL for route in self._writes)
+            self._writes = write_operations(scope["app"])
+        method, path = scope["method"], scope["path"]
+        return any(m == method and regex.match(path) for m, regex in self._writes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS or not self._is_write(scope):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -13,8 +14,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from visnet.service.guards import documented_operations
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
@@ -76,16 +78,15 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def route_label(scope: Scope) -> str:
-    """The matched route's template (`/v1/products/{product_id}`), never the raw path."""
+def route_label(scope: Scope, documented: list[tuple[str, re.Pattern[str]]]) -> str:
+    """The matched route's template (`/v1/products/{product_id}`), never the raw path; for a
+    request answered before routing (401, 413), the documented path it matches."""
     route = scope.get("route")
     if route is not None and hasattr(route, "path"):
         return str(route.path)
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(candidate, "path", "other"))
+    for template, regex in documented:
+        if regex.match(scope["path"]):
+            return template
     return "unmatched"  # unknown paths share one label, so scanners cannot blow up cardinality
 
 
@@ -94,6 +95,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
+        self._documented: list[tuple[str, re.Pattern[str]]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +112,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            route, method = route_label(scope), scope["method"]
+            if self._documented is None:  # the app's routes are fixed once it serves
+                found = documented_operations(scope["app"])
+                self._documented = list({path: regex for _, path, regex, _ in found}.items())
+            route, method = route_label(scope, self._documented), scope["method"]
             self.metrics.requests.labels(route, method, str(status[0])).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)

@@ -6,7 +6,7 @@ a dependency, and turn its domain answers into the response models of `schemas.p
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Security, UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +14,8 @@ from starlette.responses import FileResponse, Response
 
 from visnet.index.products import Product
 from visnet.service import files
-from visnet.service.engine import Engine, Match, ObjectResults, SearchResults, Similar
+from visnet.service.answers import Match, ObjectResults, SearchResults, Similar
+from visnet.service.engine import Engine
 from visnet.service.errors import ApiError, errors
 from visnet.service.guards import API_KEY
 from visnet.service.metrics import CONTENT_TYPE_LATEST
@@ -41,7 +42,7 @@ __all__ = ["EngineDep", "SettingsDep", "WRITE", "engine_of", "router", "settings
 router = APIRouter()
 
 IMAGE_CACHE = "public, max-age=3600"
-IMAGE_CONTENT = {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}
+IMAGE_CONTENT: dict[str, Any] = {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}
 WRITE = [Security(API_KEY)]  # checked by guards.ApiKeyMiddleware before the body is read
 
 

@@ -1,4 +1,4 @@
-"""Service settings: one pydantic-settings class, from a TOML/JSON file, `VISNET_*` env vars, args."""
+"""Service settings: one pydantic-settings class; a TOML/JSON file, `VISNET_*` env vars, args."""
 
 from __future__ import annotations
 

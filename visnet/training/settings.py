@@ -42,6 +42,7 @@ class TrainSettings:
     threads: int = 0  # torch threads; 0: every core
     freeze: int = 0  # trunk stages kept frozen and cached (`training/cached.py`); 0: train all
     cache_versions: int = 4  # augmented views of each image cached when `freeze` is set
+    cache_dir: str = ""  # where cached features are kept; "": DATA/.cache/features
     triplet_weight: float = 0.0  # with `freeze` and `triplets`: contrastive + weight x triplet
 
     def __post_init__(self) -> None:

@@ -90,7 +90,7 @@ def train(settings: TrainSettings) -> Path:
     train_tf = preprocess.train_transform()
     run = _start(settings, out)
     sampler = (
-        _cached(settings, run, train_rows, bank, preprocess)
+        _cached(settings, run, train_rows, train_rows + val_rows, bank, preprocess)
         if settings.freeze
         else _sampler(settings, train_rows, bank, train_tf)
     )
@@ -235,7 +235,7 @@ def _start(settings: TrainSettings, out: Path) -> _Run:
 
 def _comparable(settings: TrainSettings) -> dict[str, Any]:
     values = dataclasses.asdict(settings)
-    for key in ("max_minutes", "threads", "val_every", "checkpoint_every"):
+    for key in ("max_minutes", "threads", "val_every", "checkpoint_every", "cache_dir"):
         values.pop(key)  # these may change on resume without changing the result
     return values
 
@@ -300,7 +300,12 @@ class CachedTraining:
 
 
 def _cached(
-    settings: TrainSettings, run: _Run, rows: list[ProductViews], bank: ImageBank, preprocess: Any
+    settings: TrainSettings,
+    run: _Run,
+    rows: list[ProductViews],
+    cache_rows: list[ProductViews],
+    bank: ImageBank,
+    preprocess: Any,
 ) -> CachedTraining:
     split = FrozenSplit(run.model, settings.freeze)
     triplets: list[Triplet] = []
@@ -310,7 +315,9 @@ def _cached(
         triplets = [
             t for t in triplets if all(r in bank for r in (t.query, t.positive, t.negative))
         ]
-    refs = [r for p in rows for r in p.views + p.street]
+    # every train-split image, validation products included, so runs that differ only in their
+    # split or loss share one stored cache
+    refs = [r for p in cache_rows for r in p.views + p.street]
     refs += [r for t in triplets for r in (t.query, t.positive, t.negative)]
     cache = FeatureCache(
         split,
@@ -320,6 +327,7 @@ def _cached(
         preprocess.train_transform(),
         settings.cache_versions,
         settings.seed,
+        store=Path(settings.cache_dir or Path(settings.data) / ".cache" / "features"),
     )
     pairs = CachedPairSampler(
         rows,

@@ -6,21 +6,35 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from visnet.embed.pipeline import Item, PipelineSettings, embed_items
 from visnet.eval.metrics import dedupe_products, recall_at_k
 from visnet.model.visnet import VisNet
 from visnet.training.datasets import ImageBank, ImageRef, ProductViews, Transform
 
+BATCH_SIZE = 128
 
-@torch.inference_mode()
-def _embed(
-    model: VisNet, refs: Sequence[ImageRef], bank: ImageBank, transform: Transform
-) -> np.ndarray:
-    out = []
-    for start in range(0, len(refs), 128):
-        batch = torch.stack([transform(bank[r]) for r in refs[start : start + 128]])
-        out.append(model(batch).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.embed_dim), np.float32)
+
+class _TrainingModel:
+    """The model being trained as an `Embedder` for the embedding pipeline: the given transform,
+    no copy of the weights, no fingerprint (they change every step)."""
+
+    name = "model-in-training"
+
+    def __init__(self, model: VisNet, transform: Transform) -> None:
+        self.model, self.transform, self.dim = model, transform, model.config.embed_dim
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.model(torch.stack([self.transform(im) for im in images])).float().numpy()
+
+
+def _embed(refs: Sequence[ImageRef], bank: ImageBank, embedder: _TrainingModel) -> np.ndarray:
+    # the bank holds decoded, cropped images: the pipeline's reader passes them through
+    items = [Item(i, bank[ref]) for i, ref in enumerate(refs)]
+    settings = PipelineSettings(batch_size=BATCH_SIZE, threads=1, desc="validate")
+    return embed_items(items, embedder, settings).single()
 
 
 def validation_recall(
@@ -34,12 +48,13 @@ def validation_recall(
     """Street crops of `queries` searched, within their category, over the views of `gallery`."""
     was_training = model.training
     model.eval()
+    embedder = _TrainingModel(model, transform)
     refs = [v for g in gallery for v in g.views]
     owners = np.array([g.product for g in gallery for _ in g.views])
     cats = np.array([g.category for g in gallery for _ in g.views])
-    database = _embed(model, refs, bank, transform)
+    database = _embed(refs, bank, embedder)
     q_refs = [(s, q.product, q.category) for q in queries for s in q.street]
-    vectors = _embed(model, [r for r, _, _ in q_refs], bank, transform)
+    vectors = _embed([r for r, _, _ in q_refs], bank, embedder)
     rankings, truth = [], []
     for vector, (_, product, category) in zip(vectors, q_refs, strict=True):
         rows = np.flatnonzero(cats == category)

@@ -33,8 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from visnet.data.street2shop import read_set
+from visnet.embed.pipeline import Item, PipelineSettings, embed_items
 from visnet.features.base import Embedder
-from visnet.images import ImageError, load_image
 from visnet.triplets.io import image_ref, write_triplets
 from visnet.triplets.scorers import FUSION_METHODS, fused_order, get_scorer, parse_weights
 
@@ -148,34 +148,16 @@ def catalog_views(root: Path | str, split: str = "all") -> list[View]:
 def embed_views(
     views: list[View], scorers: dict[str, Embedder], batch_size: int = 64, progress: bool = True
 ) -> tuple[dict[str, np.ndarray], list[int], list[tuple[int, str]]]:
-    """Decode views in batches and run every scorer on each batch (one decode per image).
+    """Every scorer over the views, through the embedding pipeline (one decode per image).
 
     Returns ({spec: (kept, d) vectors}, indices of the kept views, [(photo, reason)] skipped).
     """
-    parts: dict[str, list[np.ndarray]] = {spec: [] for spec in scorers}
-    kept: list[int] = []
-    skipped: list[tuple[int, str]] = []
-    bar = tqdm(total=len(views), desc="score catalog", unit="img", disable=not progress)
-    for start in range(0, len(views), batch_size):
-        images, rows = [], []
-        for i in range(start, min(start + batch_size, len(views))):
-            try:
-                images.append(load_image(views[i].path))
-                rows.append(i)
-            except ImageError as exc:
-                skipped.append((views[i].photo, str(exc)))
-        for spec, scorer in scorers.items():
-            if images:
-                parts[spec].append(scorer.embed(images))
-        kept.extend(rows)
-        bar.update(min(batch_size, len(views) - start))
-    bar.close()
-    if skipped:
-        log.warning("skipped %d unreadable catalog images", len(skipped))
-    vectors = {
-        s: np.concatenate(p) if p else np.zeros((0, 1), np.float32) for s, p in parts.items()
-    }
-    return vectors, kept, skipped
+    items = [Item(i, view.path) for i, view in enumerate(views)]
+    settings = PipelineSettings(batch_size=batch_size, progress=progress, desc="score catalog")
+    done = embed_items(items, scorers, settings)
+    kept = [int(key) for key in done.keys]
+    skipped = [(views[int(s.key)].photo, s.detail or s.reason) for s in done.skipped]
+    return done.vectors, kept, skipped
 
 
 def generate_catalog_triplets(

@@ -1,8 +1,12 @@
-"""Test and benchmark helpers: a real server in a thread, a tiny catalog, a review queue, and how
-to start Debian's Chromium for the page (headless, no network, never `playwright install`)."""
+"""Service test helpers: a real server in a thread, a tiny catalog, a review queue, and how to
+start Debian's Chromium for the page (headless, no network, never `playwright install`).
+
+Tests import it by name (pytest puts tests/ on the path); benchmarks/ and scripts/ put tests/
+on `sys.path` first."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -13,6 +17,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from visnet.service.settings import ENV_PREFIX, ServiceSettings, load_settings
+
 __all__ = [
     "CHROMIUM",
     "CHROMIUM_ARGS",
@@ -20,6 +26,8 @@ __all__ = [
     "free_port",
     "running_server",
     "seed_review_queue",
+    "service_settings",
+    "triplet_lines",
 ]
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -121,3 +129,14 @@ def seed_review_queue(root: Path, path: Path, count: int = 3) -> Path:
     with ReviewQueue(path) as queue:
         queue.add(triplet_lines(root, count), root=root)
     return path
+
+
+def service_settings(**values: Any) -> ServiceSettings:
+    """Settings from these values and the defaults only: the ``VISNET_*`` variables of the shell
+    that runs the tests do not leak in."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.upper().startswith(ENV_PREFIX)]:
+            patch.delenv(name)
+        return load_settings(**values)

@@ -1,0 +1,60 @@
+"""What the engine answers, as domain objects (no HTTP shapes): search results and similar lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+__all__ = ["Match", "ObjectResults", "SearchObject", "SearchResults", "Similar"]
+
+
+@dataclass(frozen=True)
+class SearchObject:
+    """One thing to search for in a photo: a detected object's crop, or the whole photo."""
+
+    image: Image.Image
+    box: tuple[float, ...] | None = None
+    label: str | None = None
+    score: float | None = None
+    label_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """One product in a result list: what a result shows of it, and how alike it is."""
+
+    product_id: str
+    title: str
+    category: str
+    score: float
+    views: int  # how many images the product has
+
+
+@dataclass(frozen=True)
+class ObjectResults:
+    """What one object of a photo matched: where it is, what the detector said, what was
+    searched."""
+
+    box: tuple[float, ...] | None  # None: the whole photo
+    label: str | None
+    score: float | None
+    label_score: float | None
+    category: str | None  # the category searched: the request's filter or a trusted label
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    objects: list[ObjectResults]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A "more like this" answer: from the stored list, or searched now."""
+
+    product_id: str
+    source: Literal["precomputed", "live"]
+    matches: tuple[Match, ...]
