@@ -178,3 +178,24 @@ def test_every_kind_of_model_name_resolves(synthetic: Path, tmp_path: Path) -> N
         create_embedder("nope")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         create_embedder(str(tmp_path / "missing.onnx"))
+
+
+def test_variant_families_come_whole_into_the_batch() -> None:
+    from visnet.training.cached import CachedPairSampler
+    from visnet.training.datasets import ProductViews
+
+    table = [
+        ProductViews(p, "hats", [ImageRef(Path(f"{p}.jpg"))], [ImageRef(Path(f"s{p}.jpg"))])
+        for p in range(1, 41)
+    ]
+    groups = {p: f"shape{(p - 1) // 4}" for p in range(1, 41)}  # ten families of four colours
+    sampler = CachedPairSampler(table, None, groups, variant_fraction=0.5)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows = sampler._rows(16, rng)
+        assert len(rows) == len(set(rows)) == 16
+        families = [groups[table[r].product] for r in rows]
+        whole = [f for f in set(families) if families.count(f) == 4]
+        assert len(whole) >= 2  # at least half the batch in complete families
+    plain = CachedPairSampler(table, None, groups, variant_fraction=0.0)  # type: ignore[arg-type]
+    assert len(set(plain._rows(16, rng))) == 16

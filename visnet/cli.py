@@ -311,6 +311,13 @@ def train_command(
     street_fraction: float = typer.Option(
         _train("street_fraction"), help="Share of queries that are street crops (else views)."
     ),
+    same_category_fraction: float = typer.Option(
+        _train("same_category_fraction"), help="Batch share drawn from one category."
+    ),
+    variant_fraction: float = typer.Option(
+        _train("variant_fraction"),
+        help="With --freeze: batch share of whole colour-variant families (hard negatives).",
+    ),
     seed: int = typer.Option(_train("seed"), help="Random seed; the same seed reproduces a run."),
     pretrained: str | None = typer.Option(
         None,

@@ -209,9 +209,31 @@ class CachedForward(nn.Module):
 class CachedPairSampler(PairSampler):
     """`PairSampler`'s batches (same products, same street/view mix) as cache rows."""
 
-    def __init__(self, table: list[ProductViews], cache: FeatureCache, **kwargs: float) -> None:
+    def __init__(
+        self,
+        table: list[ProductViews],
+        cache: FeatureCache,
+        groups: dict[int, str] | None = None,
+        variant_fraction: float = 0.0,
+        **kwargs: float,
+    ) -> None:
         super().__init__(table, cache, lambda image: image, **kwargs)  # type: ignore[arg-type]
-        self.cache = cache
+        self.cache, self.variant_fraction = cache, variant_fraction
+        by_group: dict[str, list[int]] = {}
+        for i, entry in enumerate(table):
+            by_group.setdefault((groups or {}).get(entry.product, str(entry.product)), []).append(i)
+        self.families = [rows for rows in by_group.values() if len(rows) > 1]
+
+    def _rows(self, size: int, rng: np.random.Generator) -> list[int]:
+        """Like PairSampler's, plus whole families of colour variants for a `variant_fraction`
+        of the batch: the hardest negatives (same shape, other colour) sit in the same batch."""
+        chosen: list[int] = []
+        wanted = int(size * self.variant_fraction)
+        while self.families and len(chosen) < wanted:
+            family = self.families[int(rng.integers(len(self.families)))]
+            chosen += [r for r in family[: max(0, size - len(chosen))] if r not in chosen]
+        rest = [r for r in super()._rows(size, rng) if r not in chosen]
+        return (chosen + rest)[:size]
 
     def batch(  # type: ignore[override]
         self, size: int, rng: np.random.Generator

@@ -32,6 +32,7 @@ class TrainSettings:
     temperature: float = 0.07
     street_fraction: float = 0.75
     same_category_fraction: float = 0.25
+    variant_fraction: float = 0.0  # with `freeze`: batch share of whole colour-variant families
     val_fraction: float = 0.1
     val_categories: str = ""  # comma-separated: hold these whole categories out instead
     val_every: int = 100

@@ -329,9 +329,12 @@ def _cached(
         settings.seed,
         store=Path(settings.cache_dir or Path(settings.data) / ".cache" / "features"),
     )
+    products = [p.product for p in rows]
     pairs = CachedPairSampler(
         rows,
         cache,
+        groups=_variant_groups(Path(settings.data), products),
+        variant_fraction=settings.variant_fraction,
         street_fraction=settings.street_fraction,
         same_category_fraction=settings.same_category_fraction,
     )
