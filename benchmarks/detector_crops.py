@@ -25,10 +25,10 @@ from tqdm import tqdm
 from visnet.data.street2shop import read_set
 from visnet.detect import Detector, query_boxes
 from visnet.detect.crops import SCORE_WEIGHT, crop_with_margin
+from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.eval.cache import EmbeddingCache, data_fingerprint, default_cache_dir
 from visnet.eval.metrics import dedupe_products
 from visnet.eval.protocol import embed_shop
-from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.images import load_image
 from visnet.training.trainer import TrainSettings, _split  # the trainer's own held-out products
 
@@ -53,10 +53,8 @@ def main() -> None:
     held_products = {p.product for p in held}
     pairs = [p for p in data.pairs["train"] if p.product in held_products]
     model, detector = create_embedder(args.model), Detector.load(args.detector)
-    base = {
-        "embedder": f"{args.model}|{embedder_fingerprint(model)}",
-        "data": data_fingerprint(args.data),
-    }
+    # the evaluation's own cache key: `visnet eval` and this share the catalog embeddings
+    base = {"embedder": embedder_fingerprint(model), "data": data_fingerprint(args.data)}
     shop = embed_shop(data, model, EmbeddingCache(default_cache_dir(args.data)), base, True)
     row_of = {photo: row for row, photo in enumerate(shop.ids)}
     catalog = {}
@@ -72,7 +70,7 @@ def main() -> None:
         if len(found):
             labels.append((float(found.label_scores[0]), found.labels[0] == pair.category))
         chosen = query_boxes(found, max(args.boxes))
-        crops = {"true box": [(image.crop(tuple(round(v) for v in pair.bbox.as_xyxy())), 0.0)]}
+        crops = {"true box": [(crop_with_margin(image, pair.bbox.as_xyxy(), 0.0), 0.0)]}
         crops["whole photo"] = [(image, 0.0)]
         for margin in args.margins:
             for n in args.boxes:

@@ -351,6 +351,15 @@ def test_crop_with_margin_clips_to_the_image():
         crop_with_margin(image, (0, 0, 10, 10), margin=-0.1)
 
 
+def test_box_overlaps_tells_a_box_off_the_photo():
+    from visnet.detect.crops import box_overlaps
+
+    assert box_overlaps((90, 70, 120, 95), (100, 80))
+    assert not box_overlaps((200, 200, 300, 300), (100, 80))
+    assert not box_overlaps((30, 30, 30, 40), (100, 80))  # no area
+    assert not box_overlaps((-20, 10, 0, 20), (100, 80))  # touches the edge only
+
+
 def test_query_boxes_give_the_best_boxes_with_log_relative_scores():
     found = Detections(
         boxes=np.array([[0, 0, 5, 5], [1, 1, 9, 9], [2, 2, 4, 4]], np.float32),

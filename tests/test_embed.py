@@ -1,4 +1,5 @@
-"""The feature-vector job: shards, resume, bad images skipped; ONNX export agrees with torch."""
+"""The embedding pipeline against a naive loop; the feature-vector job (shards, resume, bad images
+skipped); ONNX export agrees with torch."""
 
 from __future__ import annotations
 
@@ -10,9 +11,20 @@ import pytest
 from PIL import Image
 
 from visnet.data.synthetic import make_synthetic_set
+from visnet.detect.crops import crop_with_margin
 from visnet.embed.job import catalog_rows, read_shards, run_embed_job
 from visnet.embed.onnx import OnnxEmbedder, export_onnx
+from visnet.embed.pipeline import (
+    MISSING,
+    OUTSIDE,
+    Item,
+    PipelineSettings,
+    embed_items,
+    run_pipeline,
+)
 from visnet.embed.registry import create_embedder
+from visnet.features.colour import ColourHistogram
+from visnet.images import load_image
 from visnet.model import ModelEmbedder, create_model, save_checkpoint
 
 
@@ -21,6 +33,75 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("syn") / "set"
     make_synthetic_set(root, seed=1)
     return root
+
+
+# ------------------------------------------------------------------------------ the pipeline
+
+
+def _mixed_items(synthetic: Path, tmp_path: Path) -> list[Item]:
+    """Files, bytes, a decoded image, crops with and without a margin, and three bad items."""
+    files = [Path(row.image) for row in catalog_rows(synthetic)[:7]]
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    return [
+        *(Item(i, path) for i, path in enumerate(files[:4])),
+        Item(4, files[4].read_bytes()),
+        Item(5, load_image(files[5])),
+        Item(6, files[6], box=(5.5, 8, 40.2, 50), margin=0.0),
+        Item(7, files[6], box=(10, 10, 30, 30), margin=0.2),
+        Item("missing", None),
+        Item("bad", tmp_path / "bad.jpg"),
+        Item("outside", files[0], box=(500, 500, 600, 600)),
+        Item(8, files[0], box=(-10, -10, 20, 20), margin=0.5),
+    ]
+
+
+def _naive(item: Item) -> Image.Image:
+    image = item.source if isinstance(item.source, Image.Image) else load_image(item.source)
+    return image if item.box is None else crop_with_margin(image, item.box, item.margin)
+
+
+def test_pipeline_matches_a_naive_loop_and_skips_bad_items(synthetic: Path, tmp_path: Path) -> None:
+    items = _mixed_items(synthetic, tmp_path)
+    embedder = ColourHistogram()
+    settings = PipelineSettings(batch_size=3, threads=2, prefetch=1)  # batches straddle the bad
+    done = embed_items(items, embedder, settings)
+    good = [item for item in items if isinstance(item.key, int)]
+    assert done.keys == [item.key for item in good]  # input order kept across threads
+    assert np.array_equal(done.single(), embedder.embed([_naive(item) for item in good]))
+    reasons = {s.key: s.reason for s in done.skipped}
+    assert reasons == {
+        "missing": MISSING,
+        "bad": "unreadable image (not_an_image)",
+        "outside": OUTSIDE,
+    }
+
+
+def test_pipeline_runs_several_embedders_over_one_decode(synthetic: Path) -> None:
+    items = [Item(i, row.image) for i, row in enumerate(catalog_rows(synthetic))]
+    scorers = {"colour": create_embedder("colour-histogram"), "phash": create_embedder("phash")}
+    both = embed_items(items, scorers, PipelineSettings(batch_size=4))
+    for name, embedder in scorers.items():
+        alone = embed_items(items, embedder).single()
+        assert np.array_equal(both.vectors[name], alone)
+    with pytest.raises(ValueError, match="2 embedders"):
+        both.single()
+
+
+def test_pipeline_refuses_a_wrong_shape_and_no_embedder(synthetic: Path) -> None:
+    class Short(ColourHistogram):
+        def embed(self, images):
+            return super().embed(images)[:-1]
+
+    items = [Item(i, row.image) for i, row in enumerate(catalog_rows(synthetic)[:3])]
+    with pytest.raises(ValueError, match="returned shape"):
+        embed_items(items, Short())
+    with pytest.raises(ValueError, match="at least one embedder"):
+        list(run_pipeline(items, {}))
+    with pytest.raises(ValueError, match="batch_size"):
+        PipelineSettings(batch_size=0)
+
+
+# ------------------------------------------------------------------------------ the job
 
 
 def test_job_writes_every_view_and_skips_a_bad_image(synthetic: Path, tmp_path: Path) -> None:

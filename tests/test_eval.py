@@ -303,6 +303,50 @@ def test_detector_crops_run_the_protocol_with_a_detector(tmp_path: Path) -> None
         evaluate(root, "colour-histogram", crops="detector", progress=False)
 
 
+def test_eval_and_serving_return_the_same_top_products_for_the_same_crop(
+    pristine: Path, tmp_path: Path
+) -> None:
+    """Same crop, same PCA, same vectors: the protocol's ranking of each test pair is what the
+    index the service opens returns for the crop the service cuts from the same detection."""
+    from visnet.detect import Detections, shop_the_look
+    from visnet.embed.registry import embedder_fingerprint
+    from visnet.eval.cache import EmbeddingCache
+    from visnet.eval.protocol import embed_queries, embed_shop, rank_queries, reduce_dims
+    from visnet.index.build import build_index
+    from visnet.index.catalog_index import CatalogIndex
+
+    embedder, dim, depth = ColourHistogram(), 8, 4
+    build_index(pristine, embedder, tmp_path / "index", dim=dim, precompute_k=0)
+    data = read_set(pristine)
+    pairs = data.pairs["test"]
+    # a detector that finds each true box: eval grows it as the service grows a detection
+    boxes = {p.photo: [(p.bbox.as_xyxy(), 0.0)] for p in pairs}
+    assert len(boxes) == len(pairs)
+    cache = EmbeddingCache(None)
+    shop = embed_shop(data, embedder, cache, {}, progress=False)
+    crops = embed_queries(data, embedder, "test", "detector", cache, {}, False, boxes)
+    assert crops.ids == list(range(len(pairs)))
+    shop_vectors, query_vectors, pca = reduce_dims(shop.vectors, crops.vectors, dim)
+    rows, bonus = [[i] for i in range(len(pairs))], np.zeros(len(pairs), np.float32)
+    rankings = rank_queries(data, shop.ids, shop_vectors, pairs, query_vectors, depth, rows, bonus)
+    assert pca is not None
+    index = CatalogIndex.open(  # refused unless the index holds this very PCA
+        tmp_path / "index",
+        model_fingerprint=embedder_fingerprint(embedder),
+        pca_fingerprint=pca.fingerprint,
+    )
+    try:
+        for pair, ranking in zip(pairs, rankings, strict=True):
+            image = load_image(data.photo_path(pair.photo))
+            box = np.array([pair.bbox.as_xyxy()], np.float32)
+            found = Detections(box, [pair.category], np.ones(1, np.float32))
+            [(obj, crop)] = shop_the_look(image, found)  # what the service's engine searches
+            hits = index.search(embedder.embed([crop])[0], k=depth, category=obj.label)
+            assert [int(hit.product_id) for hit in hits] == ranking
+    finally:
+        index.close()
+
+
 def test_a_query_of_several_crops_ranks_by_its_best_crop_plus_that_crops_bonus() -> None:
     from visnet.eval.protocol import _search
 

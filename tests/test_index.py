@@ -163,6 +163,29 @@ def test_searches_run_safely_beside_writes() -> None:
     assert not errors and s.count() == 350
 
 
+def test_an_unlogged_bulk_load_lives_in_its_snapshots(tmp_path) -> None:
+    """`log_writes=False` (the index build's staging store): nothing in the log, every write in
+    the snapshots; reopened with the defaults, writes are logged again."""
+    rng = np.random.default_rng(3)
+    x = clustered(30, 8, rng)
+    bulk = EmbeddedStore(8, tmp_path / "v", StoreSettings(log_writes=False))
+    bulk.upsert(np.arange(10), x[:10], ["a"] * 10)
+    bulk.snapshot()
+    bulk.upsert(np.arange(10, 20), x[10:20], ["b"] * 10)
+    bulk.delete(np.array([0]))
+    bulk.snapshot()  # a second snapshot of a new state, not skipped as already written
+    bulk.close()
+    assert (tmp_path / "v" / "wal.log").stat().st_size == 0
+    reopened = EmbeddedStore(8, tmp_path / "v")
+    assert reopened.count() == 19 and reopened.counts() == {"a": 9, "b": 10}
+    reopened.upsert(np.arange(20, 30), x[20:], ["a"] * 10)
+    reopened.close()
+    assert (tmp_path / "v" / "wal.log").stat().st_size > 0
+    again = EmbeddedStore(8, tmp_path / "v")
+    assert again.count() == 29
+    again.close()
+
+
 # ---- PCA -------------------------------------------------------------------------------------
 
 
@@ -177,6 +200,20 @@ def test_pca_reduces_normalises_and_clamps(tmp_path, caplog) -> None:
     with caplog.at_level("WARNING"):
         assert fit_pca(x, dim=64).out_dim == 32 and fit_pca(x[:5], dim=8).out_dim == 4
     assert "using 32 dims" in caplog.text and "using 4 dims" in caplog.text
+
+
+def test_pca_is_scikit_learns(tmp_path) -> None:
+    """The index's PCA applies what scikit-learn fitted: its transform, rows re-normalised."""
+    from sklearn.decomposition import PCA as SklearnPCA
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((200, 24)) @ rng.standard_normal((24, 24))).astype(np.float32)
+    pca = fit_pca(x, dim=6)
+    reference = SklearnPCA(n_components=6, svd_solver="full").fit(x.astype(np.float64))
+    expected = reference.transform(x.astype(np.float64))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.abs(pca.apply(x) - expected).max() < 1e-4
+    assert np.array_equal(type(pca).load(pca.save(tmp_path).parent).components, pca.components)
 
 
 # ---- the catalog index -----------------------------------------------------------------------

@@ -45,3 +45,35 @@ def test_an_empty_catalog_leaves_no_index(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no readable images"):
         build_index(root, create_embedder("colour-histogram"), tmp_path / "index", dim=0)
     assert not (tmp_path / "index").exists()
+
+
+def test_each_vector_is_written_once_and_bad_images_are_counted(tmp_path: Path) -> None:
+    """In memory: no shards, no write-ahead log records; only the snapshot holds the vectors."""
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=3)
+    data = read_set(root)
+    data.photo_path(data.shop[0].photo).write_bytes(b"not an image")
+    summary = build_index(root, create_embedder("colour-histogram"), tmp_path / "index", dim=0)
+    assert summary["skipped"] == 1 and summary["vectors"] == len(data.shop) - 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "set"]  # no shard folder
+    vectors = tmp_path / "index" / "vectors"
+    assert (vectors / "wal.log").stat().st_size == 0 and list(vectors.glob("snap-*"))
+
+
+def test_an_embeddings_folder_keeps_resumable_shards(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=2)
+    embedder = create_embedder("colour-histogram")
+    shards = tmp_path / "shards"
+    first = build_index(root, embedder, tmp_path / "a", dim=8, embeddings=shards)
+    stamp = (shards / "shard-00000.npy").stat().st_mtime_ns
+    again = build_index(root, embedder, tmp_path / "b", dim=8, embeddings=shards)
+    assert (shards / "shard-00000.npy").stat().st_mtime_ns == stamp  # read back, not redone
+    assert first == again  # the same catalog root, the same counts
+    in_memory = build_index(root, embedder, tmp_path / "c", dim=8)
+    assert in_memory == first
+    assert len({_pca_fingerprint(tmp_path / name) for name in "abc"}) == 1
+
+
+def _pca_fingerprint(index: Path) -> str:
+    return json.loads((index / "manifest.json").read_text())["pca"]["fingerprint"]

@@ -499,16 +499,37 @@ def test_openapi_documents_the_real_shapes_and_bounds(live: Live) -> None:
     }
 
 
-def test_answers_validate_against_their_models(live: Live) -> None:
-    from visnet.service.schemas import ProductOut, ReadyOut, SearchOut, SimilarOut
+def _valid(model: type, response: httpx.Response) -> dict:
+    """The body, checked to be exactly a `model` (strict types, no key more or less)."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert model.model_validate_json(response.content, strict=True).model_dump() == body
+    return body
 
-    for params in ({"k": 3}, {"k": 3, "same_category": "false"}, {"k": 50}):
-        answer = live.client.get("/v1/products/2/similar", params=params)
-        SimilarOut.model_validate_json(answer.content, strict=True)
+
+def test_similar_bytes_are_exactly_the_documented_model(live: Live) -> None:
+    """/similar is serialised without pydantic (the hot path): every source must still give
+    exactly a `SimilarOut`."""
+    from visnet.service.schemas import SimilarOut
+
+    assert live.app.state.engine.recommendations.refresh()  # type: ignore[attr-defined]
+    sources = []
+    for params in ({"k": 3}, {"k": 3}, {"k": 3, "same_category": "false"}, {"k": 50}):
+        sources.append(_valid(SimilarOut, live.client.get("/v1/products/5/similar", params=params)))
+    assert [s["source"] for s in sources] == ["precomputed", "precomputed", "live", "live"]
+    assert sources[0] == sources[1]  # the second from the answer cache
+    metrics = live.client.get("/metrics").text
+    assert 'visnet_similar_responses_total{source="cache"}' in metrics
+
+
+def test_answers_validate_against_their_models(live: Live) -> None:
+    from visnet.service.schemas import CategoriesOut, ProductOut, ReadyOut, SearchOut
+
     image = (live.root / "photos" / "1.jpg").read_bytes()
-    SearchOut.model_validate_json(_search(live, image, k="2").content, strict=True)
-    ProductOut.model_validate_json(live.client.get("/v1/products/1").content, strict=True)
-    ReadyOut.model_validate_json(live.client.get("/readyz").content, strict=True)
+    assert _valid(SearchOut, _search(live, image, k="2"))["queries"][0]["results"]
+    _valid(ProductOut, live.client.get("/v1/products/1"))
+    _valid(ReadyOut, live.client.get("/readyz"))
+    _valid(CategoriesOut, live.client.get("/v1/categories"))
 
 
 # ---- settings, freshness, the command --------------------------------------------------------

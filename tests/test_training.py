@@ -137,6 +137,60 @@ def test_resume_refuses_other_settings(synthetic: Path, tmp_path: Path) -> None:
         train(_settings(synthetic, tmp_path / "run", steps=1, lr=0.5))
 
 
+def test_the_bank_cuts_street_boxes_with_the_one_crop(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from visnet.data.street2shop import Box
+    from visnet.detect.crops import crop_with_margin
+    from visnet.training.datasets import JITTER_MARGIN, ImageBank, ImageRef
+
+    pixels = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "street.png")
+    ref = ImageRef(tmp_path / "street.png", Box(10.5, 20, 30, 40))
+    bank = ImageBank(side=1000)  # large: no shrinking
+    bank.load([ref])
+    expected = crop_with_margin(Image.fromarray(pixels), ref.bbox.as_xyxy(), JITTER_MARGIN)
+    assert np.array_equal(np.asarray(bank[ref]), np.asarray(expected))
+
+
+def test_validation_recall_matches_a_naive_search(synthetic: Path) -> None:
+    """Batched through the embedding pipeline, as one image at a time by hand."""
+    import numpy as np
+
+    from visnet.data.street2shop import read_set
+    from visnet.eval.metrics import dedupe_products
+    from visnet.model import create_model
+    from visnet.training.datasets import ImageBank, drop_unreadable, product_table
+    from visnet.training.validate import validation_recall
+
+    data = read_set(synthetic)
+    table = product_table(data, {p.product for p in data.pairs["train"]})
+    bank = ImageBank(side=64)
+    bank.load([r for entry in table for r in entry.views + entry.street])
+    table = drop_unreadable(table, bank)
+    model = create_model("default", seed=0)
+    transform = model.config.preprocess().eval_transform()
+    queries = table[::2]
+    got = validation_recall(model, queries, table, bank, transform, ks=(1, 2))
+    assert model.training  # left as it was found
+
+    def vector(ref: object) -> np.ndarray:
+        with torch.no_grad():
+            return model.eval()(transform(bank[ref])[None])[0].numpy()
+
+    gallery = [(vector(v), entry.product, entry.category) for entry in table for v in entry.views]
+    hits = {1: 0, 2: 0}
+    streets = [(s, q) for q in queries for s in q.street]
+    for street, query in streets:
+        v = vector(street)
+        rows = sorted((g for g in gallery if g[2] == query.category), key=lambda g: -(g[0] @ v))
+        ranked = dedupe_products([product for _, product, _ in rows], limit=2)
+        hits = {k: n + (query.product in ranked[:k]) for k, n in hits.items()}
+    model.train()
+    assert got == pytest.approx({f"recall@{k}": n / len(streets) for k, n in hits.items()})
+
+
 def test_triplet_file_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     good = {

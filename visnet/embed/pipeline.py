@@ -190,6 +190,17 @@ def embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
     return vectors
 
 
+def map_batch(
+    read: list[tuple[Item, Image.Image | Skipped]], embedders: Mapping[str, Embedder]
+) -> Batch:
+    """The mapper: every embedder over the images of one read batch; the skips pass through."""
+    good = [(item.key, image) for item, image in read if isinstance(image, Image.Image)]
+    images = [image for _, image in good]
+    vectors = {name: embed_batch(embedder, images) for name, embedder in embedders.items()}
+    skipped = [image for _, image in read if isinstance(image, Skipped)]
+    return Batch([key for key, _ in good], vectors, skipped)
+
+
 # ------------------------------------------------------------------------------------ runner
 
 
@@ -197,37 +208,29 @@ def run_pipeline(
     items: Iterable[Item],
     embedders: Mapping[str, Embedder],
     settings: PipelineSettings = PipelineSettings(),
-    total: int | None = None,
 ) -> Iterator[Batch]:
     """Read, decode and embed `items` with every embedder of `embedders` (one decode each);
-    yield one `Batch` per `settings.batch_size` items read. `total` sizes the progress bar."""
+    yield one `Batch` per `settings.batch_size` items read, in input order."""
     if not embedders:
         raise ValueError("run_pipeline needs at least one embedder")
-    if total is None and isinstance(items, list | tuple):
-        total = len(items)
+    total = len(items) if isinstance(items, list | tuple) else None
     reasons: Counter[str] = Counter()
     seen = 0
-    with tqdm(
-        total=total, desc=settings.desc, unit="img", disable=not settings.progress, leave=False
-    ) as bar:
-        batches = read_batches(items, settings.batch_size, settings.threads, settings.prefetch)
-        for read in batches:
-            good = [(item, image) for item, image in read if isinstance(image, Image.Image)]
-            skipped = [image for _, image in read if isinstance(image, Skipped)]
-            images = [image for _, image in good]
-            vectors = {name: embed_batch(e, images) for name, e in embedders.items()}
-            reasons.update(s.reason for s in skipped)
+    bar = tqdm(total=total, desc=settings.desc, unit="img", disable=not settings.progress)
+    with bar:
+        for read in read_batches(items, settings.batch_size, settings.threads, settings.prefetch):
+            batch = map_batch(read, embedders)
+            reasons.update(skipped.reason for skipped in batch.skipped)
             seen += len(read)
             bar.update(len(read))
-            yield Batch([item.key for item, _ in good], vectors, skipped)
+            yield batch
+    _report_skips(settings.desc, reasons, seen)
+
+
+def _report_skips(desc: str, reasons: Counter[str], seen: int) -> None:
     if reasons:
-        log.warning(
-            "%s: skipped %d of %d images (%s)",
-            settings.desc,
-            sum(reasons.values()),
-            seen,
-            ", ".join(f"{why}: {n}" for why, n in reasons.most_common()),
-        )
+        counts = ", ".join(f"{why}: {n}" for why, n in reasons.most_common())
+        log.warning("%s: skipped %d of %d images (%s)", desc, reasons.total(), seen, counts)
 
 
 # ------------------------------------------------------------------------------------ writer

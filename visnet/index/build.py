@@ -99,7 +99,10 @@ def build_index(
     vectors, rows, manifest = _embed(source, embedder, Path(embeddings) if embeddings else None)
     if not rows:
         raise ValueError(f"{source}: the catalog has no readable images; nothing to index")
-    pca = fit_pca(vectors, dim=dim) if dim and dim < vectors.shape[1] else None
+    # fitted on the rows in vector-id (photo id) order, as the evaluation fits it: the same
+    # vectors give the same PCA, so eval measures what the index serves
+    order = np.argsort([row.vector_id for row in rows], kind="stable")
+    pca = fit_pca(vectors[order], dim=dim) if dim and dim < vectors.shape[1] else None
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     index = CatalogIndex.create(

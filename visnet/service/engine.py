@@ -242,7 +242,7 @@ class Engine:
         out = []
         for hit in hits:
             found = self.product(hit.product_id)
-            out.append(Match(found.id, found.title, found.category, hit.score, len(found.images)))
+            out.append(Match(found.id, found.category, found.title, len(found.images), hit.score))
         return out
 
     def quick_similar(self, product_id: str, k: int, same_category: bool) -> Similar | None:
@@ -266,10 +266,7 @@ class Engine:
         stored = self.index.recommendation_rows(product_id)
         if len(stored) < k:
             return None
-        matches = tuple(
-            Match(pid, title, category, score, views)
-            for pid, category, title, views, score in stored[:k]
-        )
+        matches = tuple(map(Match._make, stored[:k]))
         answer = Similar(product_id, "precomputed", matches)
         return self._answer(answer, k, same_category, generation)
 

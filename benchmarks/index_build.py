@@ -1,0 +1,177 @@
+"""`visnet index build` on the demo set: this tree against a git ref (today's main), in one run.
+
+    .venv/bin/python benchmarks/index_build.py                  # ref f0e5caa, 3 timed runs each
+    .venv/bin/python benchmarks/index_build.py --ref f0e5caa --repeats 3 --warmup 1
+
+Both trees run the same command with the same interpreter and the same model file:
+
+    visnet index build --catalog data/demo --model models/visnet-default.pt --out TMP/...
+
+the ref from a worktree (`git worktree add /tmp/visnet-main REF`, made if absent) put first on
+PYTHONPATH. Runs alternate (ref, tree, ref, tree, ...) after `--warmup` untimed runs of each,
+so a background job slows both alike; each run starts from an empty output folder (no shards
+or index from an earlier run). The table gives each tree's median wall time, its runs, the
+load average around them, and the ratio ref / tree; then how alike the two indexes are (share
+of each product's 20 precomputed recommendations that both builds give).
+
+Notes, 2026-12-02 (2-core development VM, shared): the other engineer's jobs ran beside every
+measurement (an EfficientNet-Lite0 training run, an `visnet eval`, schema-fuzzing a test server;
+load average 4-6 on 2 cores), so absolute times are about twice a quiet machine's; runs of both
+trees alternate within one invocation, so their ratio is still comparable. Results are in the
+report of the run (`--out-json`) and quoted in the issue's notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ref", default="f0e5caa", help="git ref to compare against (today's main)")
+    p.add_argument("--worktree", type=Path, default=Path("/tmp/visnet-main"))
+    p.add_argument("--catalog", type=Path, default=ROOT / "data" / "demo")
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "visnet-default.pt")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each tree")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each tree first")
+    p.add_argument("--out-json", type=Path, default=None, help="also write the figures here")
+    return p.parse_args()
+
+
+def ensure_worktree(ref: str, path: Path) -> Path:
+    """The ref checked out at `path` (added with `git worktree add` when missing)."""
+    if not (path / "visnet" / "cli.py").is_file():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True
+        )
+    head = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    wanted = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", ref], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    if head != wanted:
+        raise SystemExit(f"{path} is at {head[:10]}, not {ref} ({wanted[:10]}); remove it first")
+    return path
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore"}
+
+
+def check_imports(tree: Path) -> None:
+    """The interpreter run from `tree` must import that tree's package, not the installed one."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import visnet; print(visnet.__file__)"],
+        cwd=tree,
+        env=_env(tree),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"running from {tree} imports {found}; fix PYTHONPATH")
+
+
+def build(tree: Path, args: argparse.Namespace, out: Path) -> tuple[float, dict]:
+    """One cold `visnet index build` from `tree`: (wall seconds, the printed summary)."""
+    for stale in (
+        out,
+        out.with_name(out.name + ".embeddings"),
+        out.with_name(out.name + ".partial"),
+    ):
+        shutil.rmtree(stale, ignore_errors=True)
+    command = [sys.executable, "-m", "visnet.cli", "index", "build"]
+    command += ["--catalog", str(args.catalog.resolve()), "--model", str(args.model.resolve())]
+    command += ["--out", str(out)]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=tree, env=_env(tree), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"build from {tree} failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    return seconds, summary
+
+
+def agreement(a: Path, b: Path) -> float:
+    """Mean share of each product's precomputed recommendations that both indexes hold."""
+
+    def lists(index: Path) -> dict[str, set[str]]:
+        with sqlite3.connect(index / "products.sqlite") as db:  # the layout both versions share
+            rows = db.execute("SELECT product_id, other_id FROM recommendations").fetchall()
+        found: dict[str, set[str]] = {}
+        for product, other in rows:
+            found.setdefault(product, set()).add(other)
+        return found
+
+    left, right = lists(a), lists(b)
+    shared = [len(left[p] & right[p]) / max(1, len(left[p])) for p in left if p in right]
+    return statistics.mean(shared) if shared else float("nan")
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def main() -> int:
+    args = parse_args()
+    trees = {args.ref: ensure_worktree(args.ref, args.worktree), "this tree": ROOT}
+    for tree in trees.values():
+        check_imports(tree)
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    loads: list[float] = []
+    summaries: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="visnet-build-bench-") as tmp:
+        outs = {name: Path(tmp) / f"index-{i}" for i, name in enumerate(trees)}
+        for round_ in range(args.warmup + args.repeats):
+            for name, tree in trees.items():
+                loads.append(load())
+                seconds, summaries[name] = build(tree, args, outs[name])
+                if round_ >= args.warmup:
+                    times[name].append(seconds)
+                print(f"{name:>10}: {seconds:6.1f} s (load {load():.1f})", flush=True)
+        same = agreement(outs[args.ref], outs["this tree"])
+    report(args, times, loads, summaries, same)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    times: dict[str, list[float]],
+    loads: list[float],
+    summaries: dict[str, dict],
+    same: float,
+) -> None:
+    medians = {name: statistics.median(runs) for name, runs in times.items()}
+    ratio = medians[args.ref] / medians["this tree"]
+    print()
+    print("| tree | median s | runs s | products | vectors |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    for name, runs in times.items():
+        s = summaries[name]
+        listed = ", ".join(f"{t:.1f}" for t in runs)
+        print(f"| {name} | {medians[name]:.1f} | {listed} | {s['products']} | {s['vectors']} |")
+    print()
+    print(f"speed-up (ref median / this tree's median): {ratio:.2f}x")
+    low, high, cores = min(loads), max(loads), os.cpu_count()
+    print(f"load average during the runs: {low:.1f} to {high:.1f} on {cores} cores")
+    print(f"precomputed recommendations both builds give: {100 * same:.1f}%")
+    if args.out_json:
+        figures = {"medians_s": medians, "runs_s": times, "ratio": ratio, "loads": loads}
+        args.out_json.write_text(json.dumps({**figures, "recommendations_shared": same}, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
