@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -33,15 +34,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+THIS = "this tree"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ref", default="f0e5caa", help="git ref to compare against (today's main)")
     p.add_argument("--worktree", type=Path, default=Path("/tmp/visnet-main"))
+    p.add_argument("--tree", type=Path, default=ROOT, help="the checkout to time (default: this)")
     p.add_argument("--catalog", type=Path, default=ROOT / "data" / "demo")
     p.add_argument("--model", type=Path, default=ROOT / "models" / "visnet-default.pt")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each tree")
@@ -85,8 +89,8 @@ def check_imports(tree: Path) -> None:
         raise SystemExit(f"running from {tree} imports {found}; fix PYTHONPATH")
 
 
-def build(tree: Path, args: argparse.Namespace, out: Path) -> tuple[float, dict]:
-    """One cold `visnet index build` from `tree`: (wall seconds, the printed summary)."""
+def build(tree: Path, args: argparse.Namespace, out: Path) -> tuple[float, float, dict]:
+    """One cold `visnet index build` from `tree`: (wall s, CPU s, the printed summary)."""
     for stale in (
         out,
         out.with_name(out.name + ".embeddings"),
@@ -96,13 +100,18 @@ def build(tree: Path, args: argparse.Namespace, out: Path) -> tuple[float, dict]
     command = [sys.executable, "-m", "visnet.cli", "index", "build"]
     command += ["--catalog", str(args.catalog.resolve()), "--model", str(args.model.resolve())]
     command += ["--out", str(out)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(command, cwd=tree, env=_env(tree), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"build from {tree} failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout[done.stdout.index("{") :])
-    return seconds, summary
+    return seconds, cpu, summary
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def agreement(a: Path, b: Path) -> float:
@@ -117,60 +126,67 @@ def agreement(a: Path, b: Path) -> float:
         return found
 
     left, right = lists(a), lists(b)
-    shared = [len(left[p] & right[p]) / max(1, len(left[p])) for p in left if p in right]
-    return statistics.mean(shared) if shared else float("nan")
+    shares = [len(left[p] & right[p]) / max(1, len(left[p])) for p in left if p in right]
+    return statistics.mean(shares) if shares else float("nan")
 
 
 def load() -> float:
     return os.getloadavg()[0]
 
 
+@dataclass
+class Runs:
+    """The timed runs of one tree: wall and CPU seconds, and its last build's summary."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
 def main() -> int:
     args = parse_args()
-    trees = {args.ref: ensure_worktree(args.ref, args.worktree), "this tree": ROOT}
+    trees = {args.ref: ensure_worktree(args.ref, args.worktree), THIS: args.tree.resolve()}
     for tree in trees.values():
         check_imports(tree)
-    times: dict[str, list[float]] = {name: [] for name in trees}
+    runs = {name: Runs() for name in trees}
     loads: list[float] = []
-    summaries: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="visnet-build-bench-") as tmp:
         outs = {name: Path(tmp) / f"index-{i}" for i, name in enumerate(trees)}
         for round_ in range(args.warmup + args.repeats):
             for name, tree in trees.items():
                 loads.append(load())
-                seconds, summaries[name] = build(tree, args, outs[name])
+                wall, cpu, runs[name].summary = build(tree, args, outs[name])
                 if round_ >= args.warmup:
-                    times[name].append(seconds)
-                print(f"{name:>10}: {seconds:6.1f} s (load {load():.1f})", flush=True)
-        same = agreement(outs[args.ref], outs["this tree"])
-    report(args, times, loads, summaries, same)
+                    runs[name].wall.append(wall)
+                    runs[name].cpu.append(cpu)
+                print(
+                    f"{name:>10}: {wall:6.1f} s, CPU {cpu:6.1f} s (load {load():.1f})", flush=True
+                )
+        same = agreement(outs[args.ref], outs[THIS])
+    report(args, runs, loads, same)
     return 0
 
 
 def report(
-    args: argparse.Namespace,
-    times: dict[str, list[float]],
-    loads: list[float],
-    summaries: dict[str, dict],
-    same: float,
+    args: argparse.Namespace, runs: dict[str, Runs], loads: list[float], same: float
 ) -> None:
-    medians = {name: statistics.median(runs) for name, runs in times.items()}
-    ratio = medians[args.ref] / medians["this tree"]
-    print()
-    print("| tree | median s | runs s | products | vectors |")
-    print("| --- | ---: | --- | ---: | ---: |")
-    for name, runs in times.items():
-        s = summaries[name]
-        listed = ", ".join(f"{t:.1f}" for t in runs)
-        print(f"| {name} | {medians[name]:.1f} | {listed} | {s['products']} | {s['vectors']} |")
-    print()
-    print(f"speed-up (ref median / this tree's median): {ratio:.2f}x")
+    wall = {name: statistics.median(r.wall) for name, r in runs.items()}
+    cpu = {name: statistics.median(r.cpu) for name, r in runs.items()}
+    print("\n| tree | median wall s | wall s, each run | median CPU s | products | vectors |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for name, r in runs.items():
+        listed = ", ".join(f"{t:.1f}" for t in r.wall)
+        counts = f"{r.summary['products']} | {r.summary['vectors']}"
+        print(f"| {name} | {wall[name]:.1f} | {listed} | {cpu[name]:.1f} | {counts} |")
+    ratio, cpu_ratio = wall[args.ref] / wall[THIS], cpu[args.ref] / cpu[THIS]
+    print(f"\nspeed-up, ref / this tree: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time")
     low, high, cores = min(loads), max(loads), os.cpu_count()
     print(f"load average during the runs: {low:.1f} to {high:.1f} on {cores} cores")
     print(f"precomputed recommendations both builds give: {100 * same:.1f}%")
     if args.out_json:
-        figures = {"medians_s": medians, "runs_s": times, "ratio": ratio, "loads": loads}
-        args.out_json.write_text(json.dumps({**figures, "recommendations_shared": same}, indent=2))
+        figures = {name: {"wall_s": r.wall, "cpu_s": r.cpu} for name, r in runs.items()}
+        extra = {"ratio_wall": ratio, "ratio_cpu": cpu_ratio, "loads": loads, "shared": same}
+        args.out_json.write_text(json.dumps({**figures, **extra}, indent=2))
 
 
 if __name__ == "__main__":

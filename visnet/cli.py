@@ -581,6 +581,42 @@ def index_build(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@index_app.command("rebuild")
+def index_rebuild(
+    index: Path = typer.Option(..., "--index", help="The index folder to rebuild."),
+    model: str = typer.Option(
+        ..., "--model", help="The new model: a checkpoint (.pt), an .onnx export or a baseline."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the new index here [default: replace --index, old kept]."
+    ),
+    catalog_root: Path | None = typer.Option(
+        None, "--catalog-root", help="Folder the catalog images live in [the index's build.json]."
+    ),
+    dim: int | None = typer.Option(
+        None, "--dim", help="PCA dimension [the old index's; 0: keep the full embedding]."
+    ),
+) -> None:
+    """Re-embed every product of an index with another model, from the index's own images."""
+    from visnet.index.protocol import StoreError
+    from visnet.index.rebuild import rebuild_index
+
+    try:
+        summary = rebuild_index(
+            index, _embedder(model, "auto", 64), out=out, catalog_root=catalog_root, dim=dim
+        )
+    except (OSError, ValueError, StoreError) as exc:
+        _fail(str(exc))
+    dropped = summary.pop("skipped_products")
+    typer.echo(json.dumps({**summary, "skipped_products": len(dropped)}, indent=2))
+    if dropped:
+        shown = ", ".join(dropped[:20]) + (", ..." if len(dropped) > 20 else "")
+        typer.echo(f"skipped {len(dropped)} products (no readable image): {shown}")
+    if summary["previous"]:
+        typer.echo(f"the old index is kept in {summary['previous']}; delete it when done")
+    typer.echo(f"wrote {summary['index']} for model {summary['model']}")
+
+
 @index_app.command("similar")
 def index_similar(
     index: Path = typer.Option(..., "--index", help="An index folder."),

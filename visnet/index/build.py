@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,13 @@ from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.embedded import StoreSettings
-from visnet.index.pca import fit_pca
+from visnet.index.pca import PCA, fit_pca
 from visnet.index.products import Product
 
 log = logging.getLogger(__name__)
 
 INGEST_BATCH = 4096  # products per write: one SQLite transaction pair each
+PRECOMPUTE_K = 20  # recommendations stored per product, unless told otherwise
 
 
 def _products(
@@ -88,7 +90,7 @@ def build_index(
     out: str | Path,
     dim: int = 512,
     embeddings: str | Path | None = None,
-    precompute_k: int = 20,
+    precompute_k: int = PRECOMPUTE_K,
 ) -> dict[str, Any]:
     """Embed every catalog view of `source`, fit a PCA to `dim`, and write a complete index.
 
@@ -102,36 +104,59 @@ def build_index(
     # fitted on the rows in vector-id (photo id) order, as the evaluation fits it: the same
     # vectors give the same PCA, so eval measures what the index serves
     order = np.argsort([row.vector_id for row in rows], kind="stable")
-    pca = fit_pca(vectors[order], dim=dim) if dim and dim < vectors.shape[1] else None
+    pca = reduction(vectors[order], dim)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    index = CatalogIndex.create(
-        staging,
-        model_fingerprint=manifest["fingerprint"],
-        model_name=manifest["model"],
-        embedding_dim=int(manifest["dim"]),
-        pca=pca,
-        settings=StoreSettings(log_writes=False),
-    )
-    try:
-        root = source if source.is_dir() else source.parent
-        items = _products(rows, vectors, read_side_info(source), root)
-        for start in tqdm(range(0, len(items), INGEST_BATCH), desc="index", unit="batch"):
-            index.upsert_many(items[start : start + INGEST_BATCH])
-        precomputed = index.precompute_similar(k=precompute_k) if precompute_k else 0
-        index.snapshot()
-        summary = {
-            "products": index.count(),
-            "vectors": len(rows),
-            "precomputed": precomputed,
-            "dim": pca.out_dim if pca else int(manifest["dim"]),
-            "model": manifest["model"],
-            "skipped": len(manifest["skipped"]),
-            "catalog_root": str(source.resolve()),
-        }
-    finally:
-        index.close()
+    root = source if source.is_dir() else source.parent
+    items = _products(rows, vectors, read_side_info(source), root)
+    written = write_index(staging, items, manifest, pca, precompute_k)
+    summary = {
+        **written,
+        "model": manifest["model"],
+        "skipped": len(manifest["skipped"]),
+        "catalog_root": str(source.resolve()),
+        "precompute_k": precompute_k,
+    }
     (staging / "build.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
     return summary
+
+
+def reduction(vectors: np.ndarray, dim: int) -> PCA | None:
+    """The PCA to `dim` fitted on `vectors`; None (full dimension) if `dim` is 0 or not below."""
+    return fit_pca(vectors, dim=dim) if dim and dim < vectors.shape[1] else None
+
+
+def write_index(
+    folder: Path,
+    items: list[tuple[Product, np.ndarray]],
+    model: dict[str, Any],
+    pca: PCA | None,
+    precompute_k: int = PRECOMPUTE_K,
+    settings: StoreSettings | None = None,
+) -> dict[str, int]:
+    """A new index in `folder` (a staging folder: no write-ahead log, one final snapshot) holding
+    `items` (products and their view embeddings) of `model` ({model, fingerprint, dim}), with
+    `precompute_k` recommendations a product. Returns its counts and vector dimension."""
+    index = CatalogIndex.create(
+        folder,
+        model_fingerprint=model["fingerprint"],
+        model_name=model["model"],
+        embedding_dim=int(model["dim"]),
+        pca=pca,
+        settings=replace(settings or StoreSettings(), log_writes=False),
+    )
+    try:
+        for start in tqdm(range(0, len(items), INGEST_BATCH), desc="index", unit="batch"):
+            index.upsert_many(items[start : start + INGEST_BATCH])
+        precomputed = index.precompute_similar(k=precompute_k) if precompute_k else 0
+        index.snapshot()
+        return {
+            "products": index.count(),
+            "vectors": index.store.count(),
+            "precomputed": precomputed,
+            "dim": int(index.manifest["vector_dim"]),
+        }
+    finally:
+        index.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -41,11 +42,20 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _mismatch(path: Path, what: str, expected: str, given: str) -> IndexMismatchError:
+def _mismatch(
+    path: Path, what: str, expected: str, given: str, fix: str | None = None
+) -> IndexMismatchError:
+    fix = fix or "rebuild the index (re-embed the catalog) for the new one"
     return IndexMismatchError(
         f"index {path} was built with {what} {expected}; got {given}. Open it with the same "
-        f"{what}, or rebuild the index (re-embed the catalog) for the new one"
+        f"{what}, or {fix}"
     )
+
+
+def _rebuild_command(path: Path, model: str | None) -> str:
+    """The fix for another model's index: `visnet index rebuild` re-embeds its own images."""
+    index, name = shlex.quote(str(path)), shlex.quote(model) if model else "MODEL"
+    return f"rebuild it for this model with: visnet index rebuild --index {index} --model {name}"
 
 
 class CatalogIndex:
@@ -132,15 +142,21 @@ class CatalogIndex:
         model_fingerprint: str,
         pca_fingerprint: str | None = None,
         settings: StoreSettings | None = None,
+        model: str | None = None,
     ) -> CatalogIndex:
-        """Open an index folder, refusing one built by another model or (if given) PCA."""
+        """Open an index folder, refusing one built by another model or (if given) PCA.
+
+        ``model``: the model as the caller names it (a checkpoint path, a baseline name); the
+        refusal of another model's index names the command that rebuilds the index for it.
+        """
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise FileNotFoundError(f"{path} holds no index ({MANIFEST} missing); create one first")
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest["model_fingerprint"] != model_fingerprint:
             expected = f"{manifest['model_name']!r} (fingerprint {manifest['model_fingerprint']})"
-            raise _mismatch(path, "model", expected, f"fingerprint {model_fingerprint}")
+            given = f"fingerprint {model_fingerprint}"
+            raise _mismatch(path, "model", expected, given, _rebuild_command(path, model))
         saved = (manifest["pca"] or {}).get("fingerprint")
         if pca_fingerprint is not None and saved != pca_fingerprint:
             expected = f"fingerprint {saved}" if saved else "none (full-dimension vectors)"

@@ -24,6 +24,7 @@ from visnet.features.base import Embedder
 from visnet.images import ImageLimits, load_image
 from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Product
+from visnet.index.refs import product_image
 from visnet.service import files
 from visnet.service.answers import Match, ObjectResults, SearchObject, SearchResults, Similar
 from visnet.service.freshness import Recommendations
@@ -141,7 +142,9 @@ class Engine:
 
             detector = Detector.load(settings.detector)
         _limit_threads(settings.compute_threads)
-        index = CatalogIndex.open(settings.index, model_fingerprint=fingerprint)  # takes the lock
+        index = CatalogIndex.open(  # takes the lock; another model's index is refused
+            settings.index, model_fingerprint=fingerprint, model=settings.model
+        )
         engine = cls(settings, embedder, index, detector, metrics)
         engine.recommendations.start()
         log.info(
@@ -299,7 +302,7 @@ class Engine:
         product = self.product(product_id)
         if not 0 <= view < len(product.images):
             return None
-        return files.product_image(product.images[view], self.catalog_root, self.index.path)
+        return product_image(product.images[view], self.catalog_root, self.index.path)
 
     # ---- writes ------------------------------------------------------------------------------
 

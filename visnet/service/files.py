@@ -1,4 +1,7 @@
-"""The only place the service maps image references to files: under a fixed root, or refused."""
+"""The service's image files: uploads written and removed under the index folder, media types.
+
+Refs map to files in one place, `visnet.index.refs` (the index reads them too): under a fixed
+root, or refused."""
 
 from __future__ import annotations
 
@@ -10,55 +13,22 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from visnet.index.refs import MEDIA_TYPES, UPLOAD_PREFIX, UPLOADS, resolve_under
 from visnet.service.schemas import PRODUCT_ID_PATTERN
 
-__all__ = ["UPLOAD_PREFIX", "remove_uploads", "resolve_under", "save_uploads"]
+__all__ = ["UPLOAD_PREFIX", "media_type", "remove_uploads", "resolve_under", "save_uploads"]
 
 log = logging.getLogger(__name__)
-
-UPLOAD_PREFIX = "index:"  # an image ref relative to the index folder (uploads), not the catalog
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-}
-
-
-def resolve_under(root: Path | None, ref: str) -> Path | None:
-    """``root/ref`` if it is an existing image file inside ``root`` (symlinks resolved), else None.
-
-    Absolute refs, ``..`` escapes, symlinks pointing out, and other file types are all refused.
-    """
-    if root is None or not ref or "\x00" in ref:
-        return None
-    relative = PurePosixPath(ref.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts:
-        return None
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if not target.is_relative_to(base) or target.suffix.lower() not in MEDIA_TYPES:
-        return None
-    return target if target.is_file() else None
 
 
 def media_type(path: Path) -> str:
     return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
-def product_image(ref: str, catalog_root: Path | None, index_dir: Path) -> Path | None:
-    """A product image ref -> its file: uploads live under the index folder, the rest under the
-    catalog root."""
-    if ref.startswith(UPLOAD_PREFIX):
-        rest = ref[len(UPLOAD_PREFIX) :]
-        return resolve_under(index_dir, rest) if rest.startswith("uploads/") else None
-    return resolve_under(catalog_root, ref)
-
-
 def _upload_folder(index_dir: Path, product_id: str) -> Path:
     if not re.fullmatch(PRODUCT_ID_PATTERN, product_id):  # no "..", no "/": stays in uploads/
         raise ValueError(f"product id {product_id!r} does not match {PRODUCT_ID_PATTERN}")
-    return index_dir / "uploads" / product_id
+    return index_dir / UPLOADS / product_id
 
 
 def save_uploads(index_dir: Path, product_id: str, images: list[Image.Image]) -> tuple[str, ...]:
@@ -77,7 +47,7 @@ def save_uploads(index_dir: Path, product_id: str, images: list[Image.Image]) ->
         tmp = folder / f".{name}.tmp"
         image.save(tmp, format="JPEG", quality=92)
         tmp.replace(folder / name)
-        refs.append(f"{UPLOAD_PREFIX}uploads/{product_id}/{name}")
+        refs.append(f"{UPLOAD_PREFIX}{UPLOADS}/{product_id}/{name}")
     return tuple(refs)
 
 
