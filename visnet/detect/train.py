@@ -36,6 +36,7 @@ from visnet.detect.detector import (
 )
 from visnet.images import ImageError, load_image
 from visnet.training.history import truncate_history
+from visnet.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +248,9 @@ def _new_run(settings: DetectTrainSettings, categories: list[str]) -> _Run:
     model.roi_heads.fg_bg_sampler.batch_size_per_image = settings.box_samples
     detector = Detector(config, model)
     params = [p for p in detector.model.parameters() if p.requires_grad]
-    if settings.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            params, lr=settings.lr, weight_decay=settings.weight_decay
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
+    optimizer = make_optimizer(
+        params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings))
     return _Run(detector, optimizer, scheduler, np.random.default_rng(settings.seed))
 

@@ -1,1 +1,2 @@
-"""Feature-vector stage: embed a catalog in batches into vector shards; ONNX export and runtime."""
+"""Feature vectors: the one batch embedding pipeline, the shard job built on it, the one model
+resolver, ONNX export and runtime."""

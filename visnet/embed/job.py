@@ -14,7 +14,6 @@ A rerun with the same model skips the shards already written (resume after a kil
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +33,6 @@ from visnet.embed.pipeline import (
 )
 from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

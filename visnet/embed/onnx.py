@@ -63,6 +63,9 @@ class OnnxEmbedder:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
+        # no busy-waiting between operators: on 2 shared cores spinning threads steal the time
+        # of the other jobs (embedding 1,024 images beside a training run: 10.6 s against 16.7 s)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         props = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in props:

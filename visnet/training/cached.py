@@ -69,7 +69,7 @@ class FrozenSplit:
         log.info("frozen: %s; trained: %s", self.names[:frozen], self.names[frozen:])
 
 
-def freeze_batchnorm(module: nn.Module) -> None:
+def batchnorm_on_running_stats(module: nn.Module) -> None:
     """Keep BatchNorm layers on their pretrained running statistics (small, few-class batches
     would skew them); their affine weights still train."""
     for layer in module.modules():
@@ -197,6 +197,16 @@ class CachedForward(nn.Module):
         super().__init__()
         self.model, self.suffix = model, split.suffix
 
+    @torch.inference_mode()
+    def embed_clean(self, cache: FeatureCache, refs: Sequence[ImageRef]) -> np.ndarray:
+        """Embeddings of the eval views (version 0) of cached images, in batches."""
+        rows = cache.rows(refs, np.random.default_rng(0), clean=True)
+        out = [
+            self(cache.features[rows[i : i + 256]], cache.quarters[rows[i : i + 256]]).numpy()
+            for i in range(0, len(rows), 256)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.embed_dim))
+
     def forward(self, features: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:
         model = self.model
         deep = model.deep.head(self.suffix(features.float()))
@@ -217,7 +227,8 @@ class CachedPairSampler(PairSampler):
         variant_fraction: float = 0.0,
         **kwargs: float,
     ) -> None:
-        super().__init__(table, cache, lambda image: image, **kwargs)  # type: ignore[arg-type]
+        # the transform is never called: batches are cache rows, not pixels
+        super().__init__(table, cache, lambda image: image, **kwargs)  # type: ignore[arg-type,return-value]
         self.cache, self.variant_fraction = cache, variant_fraction
         by_group: dict[str, list[int]] = {}
         for i, entry in enumerate(table):

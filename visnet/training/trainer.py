@@ -10,11 +10,13 @@ Two objectives:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,12 @@ from visnet.training.cached import (
     CachedPairSampler,
     FeatureCache,
     FrozenSplit,
-    freeze_batchnorm,
+    batchnorm_on_running_stats,
     triplet_rows,
 )
 from visnet.training.datasets import (
     ImageBank,
+    ImageRef,
     PairSampler,
     ProductViews,
     Triplet,
@@ -57,6 +60,7 @@ from visnet.training.datasets import (
     wild_triplets,
 )
 from visnet.training.history import truncate_history
+from visnet.training.optim import make_optimizer
 from visnet.training.settings import TrainSettings
 from visnet.training.validate import validation_recall
 
@@ -96,8 +100,13 @@ def train(settings: TrainSettings) -> Path:
     )
     history = out / "history.jsonl"
     started, eval_tf = time.time(), preprocess.eval_transform()
+    validate = functools.partial(
+        validation_recall, run.model, val_rows, train_rows + val_rows, bank, eval_tf
+    )
+    if isinstance(sampler, CachedTraining):  # validation images are in the cache: no trunk pass
+        validate = functools.partial(validate, embed_refs=sampler.embed_clean)
     if settings.freeze and run.step == 0:  # where fine-tuning starts: the pretrained network
-        start = validation_recall(run.model, val_rows, train_rows + val_rows, bank, eval_tf)
+        start = validate()
         log.info("step 0: %s", ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
         history.write_text(json.dumps({"step": 0, **start}) + "\n")
     bar = tqdm(total=settings.steps, initial=run.step, desc="train", unit="step")
@@ -110,9 +119,7 @@ def train(settings: TrainSettings) -> Path:
         )
         record: dict[str, Any] = {"step": run.step, "loss": loss, "accuracy": accuracy}
         if run.step % settings.val_every == 0 or run.step == settings.steps:
-            record.update(
-                validation_recall(run.model, val_rows, train_rows + val_rows, bank, eval_tf)
-            )
+            record.update(validate())
             bar.write(
                 f"step {run.step}: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("recall"))
@@ -180,14 +187,9 @@ def _new_run(settings: TrainSettings) -> _Run:
         else TripletLoss(settings.margin, reduction="mean")
     )
     params = list(model.parameters()) + list(criterion.parameters())
-    if settings.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            params, lr=settings.lr, weight_decay=settings.weight_decay
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
+    optimizer = make_optimizer(
+        params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings))
     return _Run(
         model.train(), criterion, optimizer, scheduler, np.random.default_rng(settings.seed)
@@ -298,6 +300,9 @@ class CachedTraining:
     split: FrozenSplit
     triplets: list[Triplet]
 
+    def embed_clean(self, refs: Sequence[ImageRef]) -> np.ndarray:
+        return self.forward.embed_clean(self.cache, refs)
+
 
 def _cached(
     settings: TrainSettings,
@@ -342,7 +347,7 @@ def _cached(
 
 
 def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> tuple[float, float]:
-    freeze_batchnorm(run.model)
+    batchnorm_on_running_stats(run.model)
     cache = cached.cache
     queries, positives, labels = cached.pairs.batch(settings.batch_size, run.rng)
     rows = np.concatenate([queries, positives])
