@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import read_set
 from visnet.detect import Detector, query_boxes
-from visnet.detect.crops import SCORE_WEIGHT, crop_with_margin
+from visnet.detect.crops import SCORE_WEIGHT
 from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.eval.cache import EmbeddingCache, data_fingerprint, default_cache_dir
 from visnet.eval.metrics import dedupe_products
 from visnet.eval.protocol import embed_shop
-from visnet.images import load_image
+from visnet.images import crop_with_margin, load_image
 from visnet.training.trainer import TrainSettings, _split  # the trainer's own held-out products
 
 

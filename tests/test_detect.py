@@ -352,7 +352,7 @@ def test_crop_with_margin_clips_to_the_image():
 
 
 def test_box_overlaps_tells_a_box_off_the_photo():
-    from visnet.detect.crops import box_overlaps
+    from visnet.images import box_overlaps
 
     assert box_overlaps((90, 70, 120, 95), (100, 80))
     assert not box_overlaps((200, 200, 300, 300), (100, 80))

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from visnet.data.synthetic import make_synthetic_set
-from visnet.detect.crops import crop_with_margin
 from visnet.embed.job import catalog_rows, read_shards, run_embed_job
 from visnet.embed.onnx import OnnxEmbedder, export_onnx
 from visnet.embed.pipeline import (
@@ -24,7 +23,7 @@ from visnet.embed.pipeline import (
 )
 from visnet.embed.registry import create_embedder
 from visnet.features.colour import ColourHistogram
-from visnet.images import load_image
+from visnet.images import crop_with_margin, load_image
 from visnet.model import ModelEmbedder, create_model, save_checkpoint
 
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from visnet.embed.registry import (
+    checkpoint_path,
+    create_embedder,
+    embedder_fingerprint,
+    known_embedders,
+)
 from visnet.features.base import Embedder
 from visnet.features.colour import colour_histograms, rgb_to_hsv
 from visnet.features.phash import PerceptualHash, hamming_distance
-from visnet.embed.registry import (
-    checkpoint_path,
-    embedder_fingerprint,
-    create_embedder,
-    known_embedders,
-)
 
 BASELINES = ("colour-histogram", "texture", "phash")
 RED, GREEN, BLUE = (200, 30, 30), (30, 170, 40), (40, 60, 200)

@@ -136,6 +136,7 @@ def test_cached_training_learns_and_keeps_the_frozen_part(synthetic: Path, tmp_p
         data=str(synthetic),
         out=str(tmp_path / "run"),
         preset="scratch",
+        pretrained=None,
         steps=3,
         batch_size=4,
         val_every=3,

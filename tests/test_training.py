@@ -26,10 +26,17 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# the small from-scratch network, trained whole: the tests' model (the default recipe fine-tunes
+# EfficientNet-Lite0 at 224 px, too slow for a unit test; tests/test_pretrained.py covers it)
+SCRATCH = dict(preset="scratch", pretrained=None, freeze=0)
+SCRATCH_FLAGS = ["--preset", "scratch", "--pretrained", "none", "--freeze", "0"]
+
+
 def _settings(data: Path, out: Path, **kw: object) -> TrainSettings:
     base = dict(
         data=str(data),
         out=str(out),
+        **SCRATCH,
         steps=4,
         batch_size=4,
         val_every=2,
@@ -86,7 +93,7 @@ def test_loss_falls_when_training_on_one_batch_repeatedly(synthetic: Path, tmp_p
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(synthetic: Path, tmp_path: Path) -> None:
-    plain = dict(steps=6, batch_size=4, val_every=2, checkpoint_every=1, threads=1)
+    plain = dict(steps=6, batch_size=4, val_every=2, checkpoint_every=1, threads=1, **SCRATCH)
     reference = train(TrainSettings(str(synthetic), str(tmp_path / "ref"), **plain))
     out = tmp_path / "killed"
     command = [
@@ -108,6 +115,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(synthetic: Path, tmp_path
         "1",
         "--threads",
         "1",
+        *SCRATCH_FLAGS,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -142,7 +150,7 @@ def test_the_bank_cuts_street_boxes_with_the_one_crop(tmp_path: Path) -> None:
     from PIL import Image
 
     from visnet.data.street2shop import Box
-    from visnet.detect.crops import crop_with_margin
+    from visnet.images import crop_with_margin
     from visnet.training.datasets import JITTER_MARGIN, ImageBank, ImageRef
 
     pixels = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)

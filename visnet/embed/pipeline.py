@@ -142,7 +142,7 @@ def read_item(item: Item) -> Image.Image | Skipped:
         return image
     # imported here: visnet.detect's package import loads torchvision (seconds), which an
     # uncropped run (the index build of a baseline) never needs
-    from visnet.detect.crops import box_overlaps, crop_with_margin
+    from visnet.images import box_overlaps, crop_with_margin
 
     if not box_overlaps(item.box, image.size):
         return Skipped(item.key, OUTSIDE, f"box {item.box} outside the {image.size} photo")

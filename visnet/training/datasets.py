@@ -19,8 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from visnet.data.street2shop import Box, Street2ShopSet
-from visnet.detect.crops import crop_with_margin
-from visnet.images import ImageError, load_image
+from visnet.images import ImageError, crop_with_margin, load_image
 
 log = logging.getLogger(__name__)
 Transform = Callable[[Image.Image], torch.Tensor]

@@ -1,5 +1,9 @@
 """Training settings: one typed record, its defaults written once (the CLI reads them from here).
 
+The defaults are the recipe of the committed default model (`models/README.md`): EfficientNet-Lite0
+from its packaged ImageNet weights, the first seven trunk stages frozen and cached, the rest and
+the shallow branches fine-tuned with the in-batch contrastive loss.
+
 Kept free of torch so the command line can show these defaults without loading a network.
 """
 
@@ -16,32 +20,34 @@ LOSSES = ("contrastive", "triplet", "batch-hard")
 class TrainSettings:
     data: str  # a Street2Shop-layout folder
     out: str  # the run folder: last.pt, model.pt, history.jsonl, training.png
-    preset: str = "default"
+    preset: str = "lite0"  # the default model: EfficientNet-Lite0 + shallow branches
     triplets: str | None = None  # a triplet file or review queue; None: read the data set
     include_pending: bool = False  # from a review queue, also train on unreviewed triplets
     loss: str = "contrastive"
-    steps: int = 900
-    batch_size: int = 48
+    steps: int = 600
+    batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 2e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     momentum: float = 0.9
     schedule: str = "cosine"  # or "step" (x0.1 at 60% and 85% of the steps)
-    warmup_steps: int = 30
+    warmup_steps: int = 40
     margin: float = 0.2
-    temperature: float = 0.07
-    street_fraction: float = 0.75
+    temperature: float = 0.05
+    street_fraction: float = 0.6
     same_category_fraction: float = 0.25
-    variant_fraction: float = 0.0  # with `freeze`: batch share of whole colour-variant families
+    variant_fraction: float = 0.25  # with `freeze`: batch share of whole colour-variant families
     val_fraction: float = 0.1
     val_categories: str = ""  # comma-separated: hold these whole categories out instead
-    val_every: int = 100
-    checkpoint_every: int = 25
+    val_every: int = 150
+    checkpoint_every: int = 50
     seed: int = 0
-    pretrained: str | None = None  # a backbone name (its packaged weights) or a weights file
+    pretrained: str | None = (
+        "efficientnet_lite0"  # a backbone name (its packaged weights) or a weights file
+    )
     max_minutes: float = 0.0  # stop (and save) after this long; 0: no limit
     threads: int = 0  # torch threads; 0: every core
-    freeze: int = 0  # trunk stages kept frozen and cached (`training/cached.py`); 0: train all
+    freeze: int = 7  # trunk stages kept frozen and cached (`training/cached.py`); 0: train all
     cache_versions: int = 4  # augmented views of each image cached when `freeze` is set
     cache_dir: str = ""  # where cached features are kept; "": DATA/.cache/features
     triplet_weight: float = 0.0  # with `freeze` and `triplets`: contrastive + weight x triplet
@@ -58,7 +64,10 @@ class TrainSettings:
         if self.freeze < 0 or self.cache_versions < 1 or self.triplet_weight < 0:
             raise ValueError("freeze and triplet_weight must be >= 0, cache_versions >= 1")
         if self.freeze and self.loss != "contrastive":
-            raise ValueError("freeze (cached training) uses the contrastive loss")
+            raise ValueError(
+                f"freeze (cached training) uses the contrastive loss; for loss {self.loss!r} "
+                "pass freeze=0 (--freeze 0)"
+            )
 
 
 def default(name: str) -> Any:
