@@ -78,7 +78,10 @@ def main() -> None:
         index=args.index, model=args.model, detector=args.detector, compute_threads=1
     )
     rows = []
-    with running_server(create_app(settings)) as url, httpx.Client(timeout=120) as client:
+    with (
+        running_server(create_app(settings), timeout=300) as url,
+        httpx.Client(timeout=120) as client,
+    ):
         for photo in photos:
             answer = search(client, url, photo, args.top)
             first = answer["queries"][0]

@@ -318,6 +318,13 @@ def train_command(
         _train("variant_fraction"),
         help="With --freeze: batch share of whole colour-variant families (hard negatives).",
     ),
+    val_fraction: float = typer.Option(
+        _train("val_fraction"), help="Share of training shape groups held out for validation."
+    ),
+    val_categories: str = typer.Option(
+        _train("val_categories"),
+        help="Hold out these whole categories instead (comma-separated): recall on new kinds.",
+    ),
     seed: int = typer.Option(_train("seed"), help="Random seed; the same seed reproduces a run."),
     pretrained: str = typer.Option(
         _train("pretrained"),
