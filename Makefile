@@ -39,8 +39,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 lint: setup
-	$(BIN)/ruff check visnet tests benchmarks
-	$(BIN)/ruff format --check visnet tests benchmarks
+	$(BIN)/ruff check visnet tests benchmarks scripts
+	$(BIN)/ruff format --check visnet tests benchmarks scripts
+	@# one home for each idea: no block of six or more lines copied across modules
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --jobs=1 --score=n visnet
 
 typecheck: setup
 	$(BIN)/mypy
