@@ -123,6 +123,11 @@ def test_cached_forward_equals_the_model_on_the_clean_version(synthetic: Path) -
     assert torch.equal(again.features, cache.features) and torch.equal(
         again.quarters, cache.quarters
     )
+    next(store.iterdir()).write_bytes(b"not a tensor file")  # damaged: computed again, no crash
+    mended = FeatureCache(split, bank, refs, tf, train_tf, 2, 0, store=store)
+    assert torch.equal(mended.features, cache.features)
+    with pytest.raises(ValueError, match="nothing to cache"):
+        FeatureCache(split, bank, [], tf, train_tf, 2, 0)
     rows = cache.rows(refs, np.random.default_rng(0), clean=True)
     with torch.inference_mode():
         cached = CachedForward(model, split)(cache.features[rows], cache.quarters[rows])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -101,6 +102,8 @@ class FeatureCache:
     ) -> None:
         if versions < 1:
             raise ValueError(f"cache versions must be at least 1; got {versions}")
+        if not refs:
+            raise ValueError("nothing to cache: no readable training image")
         self.refs = sorted(set(refs), key=str)
         self.row = {ref: i for i, ref in enumerate(self.refs)}
         self.versions = versions
@@ -109,9 +112,13 @@ class FeatureCache:
         key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
         saved = store / f"features-{key}.pt" if store is not None else None
         if saved is not None and saved.is_file():
-            self.features, self.quarters = torch.load(saved, weights_only=True)
-            log.info("loaded cached features from %s", saved)
-            return
+            try:
+                self.features, self.quarters = torch.load(saved, weights_only=True)
+                log.info("loaded cached features from %s", saved)
+                return
+            except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+                # a damaged file (a full disk, say): compute the features again
+                log.warning("cached features %s unreadable (%s); computing them again", saved, exc)
         self._compute(split, bank, eval_transform, train_transform, seed, batch_size)
         if saved is not None:
             atomic_torch_save((self.features, self.quarters), saved)
@@ -163,8 +170,8 @@ class FeatureCache:
 
 
 def _onnx_runner(module: nn.Module, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module` (frozen, eval mode) as an onnxruntime session: about 3x torch's speed on these
-    depthwise blocks on a CPU (benchmarks/embed.py). Falls back to torch if export fails."""
+    """`module` (frozen, eval mode) as an onnxruntime session: 2.4x torch's speed on the whole
+    default model here (benchmarks/embed.py, 2026-12-02). Falls back to torch if export fails."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as folder:

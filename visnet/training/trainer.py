@@ -297,7 +297,6 @@ class CachedTraining:
     forward: CachedForward
     cache: FeatureCache
     pairs: CachedPairSampler
-    split: FrozenSplit
     triplets: list[Triplet]
 
     def embed_clean(self, refs: Sequence[ImageRef]) -> np.ndarray:
@@ -343,7 +342,7 @@ def _cached(
         street_fraction=settings.street_fraction,
         same_category_fraction=settings.same_category_fraction,
     )
-    return CachedTraining(CachedForward(run.model, split), cache, pairs, split, triplets)
+    return CachedTraining(CachedForward(run.model, split), cache, pairs, triplets)
 
 
 def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> tuple[float, float]:
