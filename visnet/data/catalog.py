@@ -12,13 +12,13 @@ Image paths in a file are relative to the file's folder, the catalog root; a pat
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from visnet.io import JsonLinesError, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +153,10 @@ def _read_csv(path: Path) -> Iterator[tuple[int, CatalogItem]]:
 
 def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; CatalogError naming the line otherwise."""
-    with path.open(encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise CatalogError(path, line, f"bad JSON: {exc.msg} (column {exc.colno})") from exc
-            if not isinstance(row, dict):
-                raise CatalogError(path, line, f"expected a JSON object, got {type(row).__name__}")
-            yield line, row
+    try:
+        yield from read_jsonl(path, encoding="utf-8-sig")
+    except JsonLinesError as exc:
+        raise CatalogError(path, exc.line, exc.problem) from exc
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, CatalogItem]]:
@@ -212,25 +205,24 @@ def write_catalog_jsonl(items: Iterable[CatalogItem], path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = path.parent.resolve()
-    lines = []
-    for item in items:
-        image = Path(item.image).resolve()
-        if not image.is_relative_to(root):
-            raise CatalogError(
-                path, None, f"item {item.id!r}: image {image} is outside the catalog folder {root}"
-            )
-        row = {
-            "id": item.id,
-            "category": item.category,
-            "image": image.relative_to(root).as_posix(),
-            "title": item.title,
-            "attributes": item.attributes,
-        }
-        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    rows = [_json_row(path, root, item) for item in items]  # all checked before writing
+    write_jsonl_atomic(path, rows, ensure_ascii=False)
     return path
+
+
+def _json_row(path: Path, root: Path, item: CatalogItem) -> dict[str, Any]:
+    image = Path(item.image).resolve()
+    if not image.is_relative_to(root):
+        raise CatalogError(
+            path, None, f"item {item.id!r}: image {image} is outside the catalog folder {root}"
+        )
+    return {
+        "id": item.id,
+        "category": item.category,
+        "image": image.relative_to(root).as_posix(),
+        "title": item.title,
+        "attributes": item.attributes,
+    }
 
 
 def missing_images(items: Iterable[CatalogItem]) -> list[CatalogItem]:

@@ -12,7 +12,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from visnet.data.sources import (
     missing_packages,
 )
 from visnet.data.street2shop import Box, ShopImage, Street2ShopSet, StreetPair, write_set
+from visnet.io import replace_folder, staging_folder
 
 log = logging.getLogger(__name__)
 HUE_NAMES = [
@@ -98,8 +98,7 @@ def build_demo(out: Path | str, settings: DemoSettings = DemoSettings()) -> dict
     if settings.limit:
         step = max(1, len(sources) // settings.limit)
         sources = sources[::step][: settings.limit]
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(out)
     (staging / "photos").mkdir(parents=True)
     workers = settings.workers or os.cpu_count() or 1
 
@@ -117,8 +116,7 @@ def build_demo(out: Path | str, settings: DemoSettings = DemoSettings()) -> dict
     summary = _summary(products, data, cutouts, rejected, duplicates, time.time() - started)
     summary["settings"] = asdict(settings)
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    replace_folder(staging, out)
     return summary
 
 

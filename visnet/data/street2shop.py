@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from visnet.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -256,27 +257,17 @@ def write_set(data: Street2ShopSet, root: Path | str | None = None) -> Path:
         shop = [
             {"photo": s.photo, "product": s.product} for s in data.shop if s.category == category
         ]
-        _write_json(meta / f"retrieval_{category}.json", shop)
+        write_json_atomic(meta / f"retrieval_{category}.json", shop, indent=0)
         for split in SPLITS:
             pairs = [
                 {"photo": p.photo, "product": p.product, "bbox": p.bbox.to_json()}
                 for p in data.pairs.get(split, [])
                 if p.category == category
             ]
-            _write_json(meta / f"{split}_pairs_{category}.json", pairs)
+            write_json_atomic(meta / f"{split}_pairs_{category}.json", pairs, indent=0)
     lines = (f"{photo},{url}\n" for photo, url in sorted(data.urls.items()))
-    _atomic_write(root / "photos.txt", "".join(lines))
+    write_text_atomic(root / "photos.txt", "".join(lines))
     return root
-
-
-def _write_json(path: Path, items: Iterable[dict]) -> None:
-    _atomic_write(path, json.dumps(list(items), indent=0) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- check

@@ -21,7 +21,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
-from visnet.model.checkpoint import atomic_torch_save
+from visnet.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -436,4 +436,7 @@ def read_detector_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def atomic_save(payload: Any, path: Path) -> Path:
     """torch.save to a temporary file beside `path`, then rename: never half a file."""
-    return atomic_torch_save(payload, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from visnet.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +117,12 @@ class EmbeddingCache:
 def _write_entry(root: Path, key: str, entry: CachedEmbeddings, describe: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32)
-    _atomic_write(root / f"{key}.npy", lambda f: np.save(f, vectors, allow_pickle=False))
+    with atomic_path(root / f"{key}.npy") as tmp:
+        np.save(tmp, vectors, allow_pickle=False)
     meta = {
         "ids": entry.ids,
         "skipped": [{"id": i, "reason": r} for i, r in entry.skipped],
         "describe": describe,
     }
-    text = json.dumps(meta, default=str).encode()
-    _atomic_write(root / f"{key}.json", lambda f: f.write(text))  # last: the commit marker
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # written last: the .json is the commit marker
+    write_json_atomic(root / f"{key}.json", meta, indent=None, default=str)

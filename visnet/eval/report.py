@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from visnet.embed.registry import checkpoint_path
+from visnet.io import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +113,8 @@ def write_eval_outputs(result: dict[str, Any], out: Path | str) -> list[Path]:
     """Write FILE.json, FILE.md and FILE.png for one evaluation; returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    _atomic_text(out.with_suffix(".md"), eval_markdown(result))
+    write_json_atomic(out.with_suffix(".json"), result)
+    write_text_atomic(out.with_suffix(".md"), eval_markdown(result))
     plot_eval(result, out.with_suffix(".png"))
     return [out.with_suffix(s) for s in (".json", ".md", ".png")]
 
@@ -141,9 +140,8 @@ def _bar_figure(groups: list[str], series: dict[str, list[float]], title: str) -
 
 def _save_figure(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110)
     return path
 
 
@@ -270,9 +268,9 @@ def _write_report(
         plot_report(labelled, out.parent / PLOT_NAME)
     command = f"visnet report --data {data_root} --config {config_path} --out {out}"
     text = render_report(labelled, skipped, config, data_root, command, [s for s, _ in results])
-    _atomic_text(out, text)
+    write_text_atomic(out, text)
     summary = {"rows": [r for _, r in labelled], "skipped_rows": skipped, "command": command}
-    _atomic_text(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out.with_suffix(".json"), summary)
     return summary
 
 
@@ -397,9 +395,3 @@ def _reco_table(results: list[tuple[str, dict]]) -> list[str]:
             f"| {_pct(reco.get('variant_auc'))} |"
         )
     return lines
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

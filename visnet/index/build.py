@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +31,7 @@ from visnet.index.catalog_index import CatalogIndex
 from visnet.index.embedded import StoreSettings
 from visnet.index.pca import PCA, fit_pca
 from visnet.index.products import Product
+from visnet.io import replace_folder, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,7 @@ def build_index(
     # vectors give the same PCA, so eval measures what the index serves
     order = np.argsort([row.vector_id for row in rows], kind="stable")
     pca = reduction(vectors[order], dim)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(out)
     root = source if source.is_dir() else source.parent
     items = _products(rows, vectors, read_side_info(source), root)
     written = write_index(staging, items, manifest, pca, precompute_k)
@@ -118,8 +116,7 @@ def build_index(
         "precompute_k": precompute_k,
     }
     (staging / "build.json").write_text(json.dumps(summary, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    replace_folder(staging, out)
     return summary
 
 

@@ -20,7 +20,7 @@ from visnet.index.partitions import HnswParams
 from visnet.index.pca import PCA, l2_normalise
 from visnet.index.products import Product, ProductStore
 from visnet.index.protocol import IndexMismatchError, VectorStore
-from visnet.index.wal import write_json_atomic
+from visnet.io import write_json_atomic
 
 __all__ = ["CatalogIndex", "Hit"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -25,7 +24,8 @@ from visnet.index.partitions import (
     pad_topk,
 )
 from visnet.index.protocol import IndexMismatchError, StoreError, check_batch
-from visnet.index.wal import DELETE, WriteAheadLog, fsync_dir, write_json_atomic
+from visnet.index.wal import DELETE, WriteAheadLog
+from visnet.io import replace_folder, write_json_atomic
 
 __all__ = ["EmbeddedStore", "ReadWriteLock", "StoreSettings"]
 
@@ -408,8 +408,7 @@ class EmbeddedStore:
             "partitions": entries,
         }
         write_json_atomic(tmp / "manifest.json", manifest)
-        os.replace(tmp, root / name)
-        fsync_dir(root)
+        replace_folder(tmp, root / name)
 
     def close(self) -> None:
         """Release the log and the folder lock (no snapshot: writes are already durable)."""

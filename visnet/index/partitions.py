@@ -11,6 +11,8 @@ from typing import Protocol
 import hnswlib
 import numpy as np
 
+from visnet.io import fsync_file
+
 __all__ = ["ExactPartition", "HnswPartition", "HnswParams", "Partition", "pad_topk"]
 
 log = logging.getLogger(__name__)
@@ -233,8 +235,7 @@ class HnswPartition:
     def save(self, folder: Path, stem: str) -> list[Path]:
         path = folder / f"{stem}.hnsw"
         self.index.save_index(str(path))
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(path)
         ids = np.fromiter(self._label_of.keys(), dtype=np.int64, count=self.count())
         labels = np.fromiter(self._label_of.values(), dtype=np.int64, count=self.count())
         table = np.stack([ids, labels]) if len(ids) else np.empty((2, 0), np.int64)

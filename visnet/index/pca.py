@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from sklearn.decomposition import PCA as SklearnPCA
 
 from visnet.features.base import l2_normalise
+from visnet.io import atomic_open
 
 __all__ = ["PCA", "fit_pca", "l2_normalise", "max_components"]
 
@@ -62,12 +62,9 @@ class PCA:
     def save(self, folder: str | Path) -> Path:
         """Write ``pca.npy``: row 0 is the mean, the other rows the components."""
         path = Path(folder) / FILE_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.vstack([self.mean[None, :], self.components]).astype(np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        table = np.vstack([self.mean[None, :], self.components]).astype(np.float32)
+        with atomic_open(path, "wb") as f:
+            np.save(f, table)
         return path
 
     @classmethod

@@ -32,7 +32,7 @@ from visnet.index.catalog_index import MANIFEST, CatalogIndex
 from visnet.index.embedded import EmbeddedStore, StoreSettings
 from visnet.index.products import Product
 from visnet.index.refs import UPLOAD_PREFIX, UPLOADS, product_image
-from visnet.index.wal import fsync_dir
+from visnet.io import replace_folder, staging_folder
 
 __all__ = ["BEFORE_REBUILD", "rebuild_index", "reembed"]
 
@@ -67,8 +67,7 @@ def rebuild_index(
     root = Path(catalog_root) if catalog_root else _recorded_root(build)
     old = CatalogIndex.open(index, model_fingerprint=_read_manifest(index)["model_fingerprint"])
     try:
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = staging_folder(target)
         try:
             summary = _rebuild(old, build, embedder, staging, root, dim, precompute_k)
         except BaseException:
@@ -220,7 +219,4 @@ def _swap(staging: Path, target: Path, previous: Path | None) -> None:
     (a crash between the two renames leaves the old index in `previous`, the new in `staging`)."""
     if previous is not None:
         os.replace(target, previous)
-    else:
-        shutil.rmtree(target, ignore_errors=True)  # an empty folder (checked before)
-    os.replace(staging, target)
-    fsync_dir(target.parent)
+    replace_folder(staging, target)  # removes an empty `target` (checked before)

@@ -10,11 +10,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["WalRecord", "WriteAheadLog", "fsync_dir", "write_json_atomic"]
+from visnet.io import fsync_dir
+
+__all__ = ["WalRecord", "WriteAheadLog"]
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +35,6 @@ class WalRecord:
     ids: np.ndarray
     vectors: np.ndarray | None = None
     categories: list[str] | None = None
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new, renamed or removed files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON durably and atomically (tmp file, fsync, os.replace, fsync the folder)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _encode(record: WalRecord) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from visnet.index.refs import MEDIA_TYPES, UPLOAD_PREFIX, UPLOADS, resolve_under
+from visnet.io import atomic_path
 from visnet.service.schemas import PRODUCT_ID_PATTERN
 
 __all__ = ["UPLOAD_PREFIX", "media_type", "remove_uploads", "resolve_under", "save_uploads"]
@@ -44,9 +45,8 @@ def save_uploads(index_dir: Path, product_id: str, images: list[Image.Image]) ->
     refs = []
     for view, image in enumerate(images):
         name = f"{token}-{view}.jpg"
-        tmp = folder / f".{name}.tmp"
-        image.save(tmp, format="JPEG", quality=92)
-        tmp.replace(folder / name)
+        with atomic_path(folder / name) as tmp:
+            image.save(tmp, format="JPEG", quality=92)
         refs.append(f"{UPLOAD_PREFIX}{UPLOADS}/{product_id}/{name}")
     return tuple(refs)
 

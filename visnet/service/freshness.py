@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 
 from visnet.index.catalog_index import CatalogIndex
-from visnet.index.wal import write_json_atomic
+from visnet.io import write_json_atomic
 
 __all__ = ["STATE_FILE", "Recommendations"]
 

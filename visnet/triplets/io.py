@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from visnet.data.street2shop import Box
+from visnet.io import JsonLinesError, read_jsonl, write_jsonl_atomic
 
 __all__ = ["TRIPLET_ROLES", "image_ref", "read_triplet_lines", "triplet_key", "write_triplets"]
 
@@ -45,32 +46,13 @@ def write_triplets(lines: Iterable[dict[str, Any]], path: Path | str) -> int:
     """Write triplet lines to `path` atomically (a temp file, then rename). Returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(line, separators=(",", ":")) + "\n")
-            count += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return count
+    return write_jsonl_atomic(path, lines, separators=(",", ":"))
 
 
 def read_triplet_lines(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a malformed line raises ValueError."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: not JSON: {exc.msg}") from exc
-            if not isinstance(line, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object")
-            missing = [r for r in TRIPLET_ROLES if not isinstance(line.get(r), dict)]
-            if missing:
-                raise ValueError(f"{path}: line {lineno}: missing triplet members {missing}")
-            yield lineno, line
+    for lineno, line in read_jsonl(path):
+        missing = [r for r in TRIPLET_ROLES if not isinstance(line.get(r), dict)]
+        if missing:
+            raise JsonLinesError(path, lineno, f"missing triplet members {missing}")
+        yield lineno, line

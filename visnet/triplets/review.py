@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from visnet.io import atomic_open
 from visnet.triplets.io import TRIPLET_ROLES, read_triplet_lines, triplet_key, write_triplets
 
 log = logging.getLogger(__name__)
@@ -245,13 +245,10 @@ class ReviewQueue:
     def export_csv(self, path: Path | str) -> int:
         """Write the decisions (id, key, status, reviewer, decided_at), atomically. Returns rows."""
         rows = [(t.id, t.key, t.status, t.reviewer, t.decided_at) for t in self.items(DECISIONS)]
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8", newline="") as f:
+        with atomic_open(path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_FIELDS)
             writer.writerows(rows)
-        os.replace(tmp, path)
         return len(rows)
 
     def import_csv(self, path: Path | str) -> dict[str, int]:
@@ -368,7 +365,7 @@ def render_triplet(
     item: QueuedTriplet, root: Path, out_dir: Path | None = None, height: int = 160
 ) -> Path:
     """Query (cropped to its box), positive and negative side by side in a PNG; returns its path."""
-    from visnet.images import ImageError, load_image
+    from visnet.images import ImageError, crop_with_margin, load_image
 
     tiles = []
     for role in TRIPLET_ROLES:
@@ -377,9 +374,8 @@ def render_triplet(
             image = load_image(root / ref["image"])
             if "bbox" in ref:
                 b = ref["bbox"]
-                image = image.crop(
-                    (b["left"], b["top"], b["left"] + b["width"], b["top"] + b["height"])
-                )
+                right, bottom = b["left"] + b["width"], b["top"] + b["height"]
+                image = crop_with_margin(image, (b["left"], b["top"], right, bottom))
         except (ImageError, OSError):
             image = Image.new("RGB", (height, height), (200, 200, 200))
         width = max(1, round(image.width * height / max(1, image.height)))
