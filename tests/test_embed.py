@@ -141,3 +141,30 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     reference = ModelEmbedder.from_checkpoint(checkpoint)
     assert runtime.fingerprint == reference.fingerprint
     assert np.abs(runtime.embed(images) - reference.embed(images)).max() < 1e-4
+
+
+def test_bfloat16_agrees_with_float32_and_auto_picks_by_model_and_cpu(tmp_path: Path) -> None:
+    from visnet.model.embedder import bfloat16_on_amx
+
+    checkpoint = save_checkpoint(tmp_path / "m.pt", create_model("default", seed=0))
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)) for _ in range(4)]
+    full = ModelEmbedder.from_checkpoint(checkpoint).embed(images)
+    half = create_embedder(str(checkpoint), backend="torch-bf16")
+    assert isinstance(half, ModelEmbedder) and half.precision == "bfloat16"
+    cosine = (full * half.embed(images)).sum(axis=1)
+    assert cosine.min() > 0.99
+    # the scratch preset has only dense convolutions: bfloat16 where the CPU has AMX, else ONNX
+    auto = create_embedder(str(checkpoint), backend="auto")
+    assert isinstance(auto, ModelEmbedder) == bfloat16_on_amx()
+    assert auto.fingerprint == half.fingerprint
+    with pytest.raises(ValueError, match="precision"):
+        ModelEmbedder(create_model("default", seed=0), precision="float16")  # type: ignore[arg-type]
+
+
+def test_auto_keeps_depthwise_networks_on_onnxruntime(tmp_path: Path) -> None:
+    from visnet.model.visnet import pretrained_config
+
+    model = create_model(pretrained_config("efficientnet_lite0", input_size=64), seed=0)
+    checkpoint = save_checkpoint(tmp_path / "lite.pt", model)
+    assert isinstance(create_embedder(str(checkpoint), backend="auto"), OnnxEmbedder)

@@ -205,3 +205,60 @@ def test_variant_families_come_whole_into_the_batch() -> None:
         assert len(whole) >= 2  # at least half the batch in complete families
     plain = CachedPairSampler(table, None, groups, variant_fraction=0.0)  # type: ignore[arg-type]
     assert len(set(plain._rows(16, rng))) == 16
+
+
+def test_triplets_showing_a_validation_product_are_left_out(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from visnet.data.street2shop import read_set
+    from visnet.training.trainer import _read_triplets, _split
+
+    settings = TrainSettings(data=str(synthetic), out=str(tmp_path / "run"), val_fraction=0.3)
+    train_rows, val_rows = _split(read_set(synthetic), settings)
+    a, b, c = (p.views[0].path for p in train_rows[:3])
+    held = val_rows[0].views[0].path
+
+    def line(q: Path, p: Path, n: Path) -> str:  # paths relative to the set, as files hold them
+        names = [str(x.resolve().relative_to(synthetic.resolve())) for x in (q, p, n)]
+        return json.dumps(
+            {k: {"image": v} for k, v in zip(("query", "positive", "negative"), names, strict=True)}
+            | {"kind": "catalog"}
+        )
+
+    triplets = tmp_path / "t.jsonl"
+    triplets.write_text("\n".join([line(a, b, c), line(a, b, held), line(held, a, b)]) + "\n")
+    settings = TrainSettings(
+        data=str(synthetic), out=str(tmp_path / "run"), val_fraction=0.3, triplets=str(triplets)
+    )
+    kept = _read_triplets(settings, train_rows, val_rows, ImageBank(side=64))
+    assert [(t.query.path, t.positive.path, t.negative.path) for t in kept] == [(a, b, c)]
+
+
+def test_validate_prints_a_checkpoints_validation_figures(synthetic: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from visnet.cli import app
+
+    checkpoint = save_checkpoint(tmp_path / "m.pt", create_model("scratch", seed=0))
+    flags = ["--preset", "scratch", "--pretrained", "none", "--freeze", "0", "--threads", "1"]
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(synthetic),
+            "--out",
+            str(tmp_path / "r"),
+            *flags,
+            "--validate",
+            str(checkpoint),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output[result.output.index("{") :])
+    assert 0 <= figures["recall@1"] <= figures["recall@5"] <= figures["recall@20"] <= 1
+    assert not (tmp_path / "r" / "model.pt").exists()  # nothing trained

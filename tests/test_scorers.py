@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -98,23 +97,24 @@ def weights_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"backbone": backbone, "checkpoint": Path(checkpoint)}
 
 
-@pytest.mark.parametrize("form", ["untrained", "checkpoint", "backbone"])
-def test_deep_scorer_forms(
-    form: str, weights_files: dict[str, Path], caplog: pytest.LogCaptureFixture
-) -> None:
-    # No pretrained weights exist on this machine, so every deep scorer here has random
+@pytest.mark.parametrize("form", ["default", "untrained", "checkpoint", "backbone"])
+def test_deep_scorer_forms(form: str, weights_files: dict[str, Path]) -> None:
+    # Only the default (Lite0's packaged ImageNet weights) is trained; the others have random
     # weights: nothing makes a random network blind to hue, and a half-turn recolour may rank
     # below an unrelated item. What holds for any weights is continuity: an exact copy is first
     # and a mild recolour (a tenth of a turn) stays above an unrelated item.
     spec = {
-        "untrained": "deep",
+        "default": "deep",
+        "untrained": "deep:untrained",
         "checkpoint": f"deep:{weights_files['checkpoint']}",
         "backbone": f"deep:mobilenet_v3_small:{weights_files['backbone']}",
     }[form]
-    with caplog.at_level(logging.WARNING):
-        sims = _similarities(spec)
+    sims = _similarities(spec)
     assert sims["mild-recolour"] > sims["unrelated"]
-    assert ("UNTRAINED" in caplog.text) == (form == "untrained")
+
+
+def test_default_deep_scorer_is_the_pretrained_network() -> None:
+    assert get_scorer("deep").name == "efficientnet_lite0-frozen"
 
 
 def test_backbone_features_match_torchvision(weights_files: dict[str, Path]) -> None:

@@ -14,7 +14,6 @@ A rerun with the same model skips the shards already written (resume after a kil
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from visnet.embed.pipeline import (
 )
 from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
+from visnet.io import atomic_path, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,10 @@ class _ShardWriter:
 
 def _write_shard(out: Path, index: int, vectors: np.ndarray, kept: list, skipped: list) -> None:
     stem = out / f"shard-{index:05d}"
-    tmp_npy, tmp_json = Path(f"{stem}.npy.tmp"), Path(f"{stem}.json.tmp")
-    with tmp_npy.open("wb") as f:
-        np.save(f, vectors.astype(np.float32))
-    tmp_json.write_text(json.dumps({"rows": [asdict(r) for r in kept], "skipped": skipped}))
-    os.replace(tmp_npy, f"{stem}.npy")
-    os.replace(tmp_json, f"{stem}.json")  # the .json marks the shard complete
+    with atomic_path(f"{stem}.npy") as tmp:
+        np.save(tmp, vectors.astype(np.float32))
+    # the .json, written last, marks the shard complete
+    write_json_atomic(f"{stem}.json", {"rows": [asdict(r) for r in kept], "skipped": skipped})
 
 
 def run_embed_job(
@@ -180,9 +178,7 @@ def _write_manifest(
         "catalog_views": total,
         "skipped": skipped,
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from visnet.features.base import l2_normalise
+from visnet.io import atomic_path
 from visnet.model import VisNetConfig, load_model
 
 CONFIG_KEY = "visnet.model_args"
@@ -29,9 +29,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     size = model.config.input_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         torch.onnx.export(
             model,
             (torch.zeros(1, 3, size, size),),
@@ -49,9 +47,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
         ):
             graph.metadata_props.add(key=key, value=value)
         onnx.save(graph, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return out
 
 

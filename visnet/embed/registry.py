@@ -36,8 +36,8 @@ __all__ = [
     "register",
 ]
 
-Backend = Literal["auto", "torch", "onnx"]
-BACKENDS = ("auto", "torch", "onnx")
+Backend = Literal["auto", "torch", "torch-bf16", "onnx"]
+BACKENDS = ("auto", "torch", "torch-bf16", "onnx")
 Factory = Callable[..., Embedder]
 _FACTORIES: dict[str, Factory] = {}
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -77,8 +77,12 @@ def create_embedder(
     """The embedder `name` names (module docstring). Unknown names raise ValueError listing the
     known ones; a named file that is missing raises FileNotFoundError.
 
-    `backend` applies to VisNet models: `torch`, `onnx` (onnxruntime; a checkpoint is exported
-    to a temporary file first), or `auto` (onnxruntime: faster here, `benchmarks/embed.py`).
+    `backend` applies to VisNet models: `torch`, `torch-bf16` (torch under bfloat16 autocast),
+    `onnx` (onnxruntime; a checkpoint is exported to a temporary file first), or `auto`, the
+    fastest here (`benchmarks/embed.py`): `torch-bf16` for a network of dense convolutions on a
+    CPU with AMX (ResNet, VGG: 2.4x onnxruntime's float32), else `onnx` (EfficientNet's
+    depthwise convolutions: onnxruntime is 1.8x torch's bfloat16). The rule depends only on the
+    model and the CPU, so eval and serving on one machine run the same arithmetic.
     An `.onnx` file always runs on onnxruntime. `kwargs` go to a registered baseline.
     """
     name = str(name)
@@ -131,10 +135,17 @@ def _onnx(path: Path, batch_size: int) -> Embedder:
 
 
 def _checkpoint(path: Path, backend: Backend, batch_size: int) -> Embedder:
-    if backend == "torch":
-        from visnet.model.embedder import ModelEmbedder
+    from visnet.model.embedder import ModelEmbedder, bfloat16_on_amx, grouped_convolutions
 
-        return ModelEmbedder.from_checkpoint(path, batch_size=batch_size)
+    if backend in ("torch", "torch-bf16", "auto"):
+        torch_embedder = ModelEmbedder.from_checkpoint(
+            path, batch_size=batch_size, precision="float32" if backend == "torch" else "bfloat16"
+        )
+        if backend != "auto" or (
+            bfloat16_on_amx() and not grouped_convolutions(torch_embedder.model)
+        ):
+            log.info("%s: torch, %s", path, torch_embedder.precision)
+            return torch_embedder
     from visnet.embed.onnx import export_onnx
 
     exported = export_onnx(path, Path(tempfile.mkdtemp(prefix="visnet-onnx-")) / "model.onnx")

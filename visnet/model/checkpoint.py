@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from visnet.io import atomic_path
 from visnet.model.visnet import VisNet, VisNetConfig
 
 FORMAT = "visnet-checkpoint"
@@ -50,7 +49,7 @@ def save_checkpoint(
     *,
     half: bool = False,
 ) -> Path:
-    """Write ``{format, version, model_args, state_dict, extra}`` atomically (tmp + os.replace).
+    """Write ``{format, version, model_args, state_dict, extra}`` whole or not at all.
 
     ``config`` defaults to the model's own and must equal it if given. ``extra`` holds training
     settings, the data set fingerprint, the step, an optional optimizer state: plain values and
@@ -73,16 +72,10 @@ def save_checkpoint(
 
 
 def atomic_torch_save(payload: Any, path: Path) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: never half a file."""
+    """torch.save, whole or not at all (`visnet.io.atomic_path`: fsync'd, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -6,7 +6,6 @@ a step costs the network's time, not JPEG decoding (two cores are little).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import Box, Street2ShopSet
 from visnet.images import ImageError, crop_with_margin, load_image
+from visnet.io import JsonLinesError, read_jsonl
 
 log = logging.getLogger(__name__)
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -207,20 +207,20 @@ def read_triplets(
 
         return [_triplet(base, item) for item in queue_lines(path, include_pending)]
     triplets = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                if item.get("status", "approved") not in ("approved", "pending"):
-                    continue
-                triplets.append(_triplet(base, item))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise TripletFileError(
-                    f"{path}: line {lineno}: {type(exc).__name__}: {exc}"
-                ) from exc
-    return triplets
+    lines = read_jsonl(path)
+    while True:
+        try:
+            lineno, item = next(lines)
+        except StopIteration:
+            return triplets
+        except JsonLinesError as exc:
+            raise TripletFileError(str(exc)) from exc
+        if item.get("status", "approved") not in ("approved", "pending"):
+            continue
+        try:
+            triplets.append(_triplet(base, item))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TripletFileError(f"{path}: line {lineno}: {type(exc).__name__}: {exc}") from exc
 
 
 def _triplet(base: Path, item: dict[str, Any]) -> Triplet:

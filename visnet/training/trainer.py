@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ from visnet.training.datasets import (
     read_triplets,
     wild_triplets,
 )
-from visnet.training.history import truncate_history
+from visnet.training.history import read_history, truncate_history
 from visnet.training.optim import make_optimizer
 from visnet.training.settings import TrainSettings
 from visnet.training.validate import validation_recall
@@ -94,15 +94,13 @@ def train(settings: TrainSettings) -> Path:
     train_tf = preprocess.train_transform()
     run = _start(settings, out)
     sampler = (
-        _cached(settings, run, train_rows, train_rows + val_rows, bank, preprocess)
+        _cached(settings, run, train_rows, val_rows, bank, preprocess)
         if settings.freeze
-        else _sampler(settings, train_rows, bank, train_tf)
+        else _sampler(settings, train_rows, val_rows, bank, train_tf)
     )
     history = out / "history.jsonl"
-    started, eval_tf = time.time(), preprocess.eval_transform()
-    validate = functools.partial(
-        validation_recall, run.model, val_rows, train_rows + val_rows, bank, eval_tf
-    )
+    started = time.time()
+    validate = _validation(settings, run.model, train_rows, val_rows, bank, preprocess)
     if isinstance(sampler, CachedTraining):  # validation images are in the cache: no trunk pass
         validate = functools.partial(validate, embed_refs=sampler.embed_clean)
     if settings.freeze and run.step == 0:  # where fine-tuning starts: the pretrained network
@@ -122,7 +120,9 @@ def train(settings: TrainSettings) -> Path:
             record.update(validate())
             bar.write(
                 f"step {run.step}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("recall"))
+                + ", ".join(
+                    f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("recall", "val_"))
+                )
             )
         with history.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -137,6 +137,42 @@ def train(settings: TrainSettings) -> Path:
     save_checkpoint(final, run.model, extra=_extra(settings, run.step), half=True)
     _plot_history(history, out / "training.png")
     return final
+
+
+def validate_checkpoint(settings: TrainSettings, checkpoint: Path | str) -> dict[str, float]:
+    """`checkpoint`'s figures on the validation split `settings` define (the split a run with
+    these settings holds out), from the full network: to compare finished runs or models."""
+    torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+    model, _ = load_model(checkpoint)
+    data = read_set(settings.data)
+    preprocess = model.config.preprocess()
+    bank = ImageBank(side=int(preprocess.resize * 1.15))
+    train_rows, val_rows = _split(data, settings)
+    bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
+    train_rows, val_rows = drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
+    return _validation(settings, model, train_rows, val_rows, bank, preprocess)()
+
+
+def _validation(
+    settings: TrainSettings,
+    model: VisNet,
+    train_rows: list[ProductViews],
+    val_rows: list[ProductViews],
+    bank: ImageBank,
+    preprocess: Any,
+) -> Callable[..., dict[str, float]]:
+    """Validation of `model` on `val_rows`: street-to-shop over every train-split product, and
+    the colour-variant figures where the data set has variants."""
+    variants = _variant_groups(Path(settings.data), [p.product for p in val_rows])
+    return functools.partial(
+        validation_recall,
+        model,
+        val_rows,
+        train_rows + val_rows,
+        bank,
+        preprocess.eval_transform(),
+        variants=variants if any(g != str(p) for p, g in variants.items()) else None,
+    )
 
 
 def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list[ProductViews]]:
@@ -166,11 +202,15 @@ def _variant_groups(root: Path, products: list[int]) -> dict[int, str]:
     return {p: bases.get(p, str(p)) for p in products}
 
 
-def _sampler(settings: TrainSettings, rows: list[ProductViews], bank: ImageBank, tf: Any) -> Any:
+def _sampler(
+    settings: TrainSettings,
+    rows: list[ProductViews],
+    held_out: list[ProductViews],
+    bank: ImageBank,
+    tf: Any,
+) -> Any:
     if settings.triplets:
-        triplets = read_triplets(settings.triplets, settings.data, settings.include_pending)
-        bank.load([r for t in triplets for r in (t.query, t.positive, t.negative)], "load triplets")
-        return TripletSampler(triplets, bank, tf)
+        return TripletSampler(_read_triplets(settings, rows, held_out, bank), bank, tf)
     if settings.loss == "contrastive":
         return PairSampler(
             rows, bank, tf, settings.street_fraction, settings.same_category_fraction
@@ -307,21 +347,15 @@ def _cached(
     settings: TrainSettings,
     run: _Run,
     rows: list[ProductViews],
-    cache_rows: list[ProductViews],
+    held_out: list[ProductViews],
     bank: ImageBank,
     preprocess: Any,
 ) -> CachedTraining:
     split = FrozenSplit(run.model, settings.freeze)
-    triplets: list[Triplet] = []
-    if settings.triplets:
-        triplets = read_triplets(settings.triplets, settings.data, settings.include_pending)
-        bank.load([r for t in triplets for r in (t.query, t.positive, t.negative)], "load triplets")
-        triplets = [
-            t for t in triplets if all(r in bank for r in (t.query, t.positive, t.negative))
-        ]
+    triplets = _read_triplets(settings, rows, held_out, bank) if settings.triplets else []
     # every train-split image, validation products included, so runs that differ only in their
     # split or loss share one stored cache
-    refs = [r for p in cache_rows for r in p.views + p.street]
+    refs = [r for p in rows + held_out for r in p.views + p.street]
     refs += [r for t in triplets for r in (t.query, t.positive, t.negative)]
     cache = FeatureCache(
         split,
@@ -343,6 +377,37 @@ def _cached(
         same_category_fraction=settings.same_category_fraction,
     )
     return CachedTraining(CachedForward(run.model, split), cache, pairs, triplets)
+
+
+def _read_triplets(
+    settings: TrainSettings,
+    rows: list[ProductViews],
+    held_out: list[ProductViews],
+    bank: ImageBank,
+) -> list[Triplet]:
+    """The triplet file's triplets whose images load, less any that shows a validation product
+    (it would leak the held-out products into training and flatter the validation figures).
+    Their images are named as the data set's rows name them, so each is loaded and cached once."""
+    triplets = read_triplets(settings.triplets, settings.data, settings.include_pending)
+    known = {r.path.resolve(): r.path for p in rows + held_out for r in p.views + p.street}
+    held = {r.path.resolve() for p in held_out for r in p.views + p.street}
+
+    def same_name(ref: ImageRef) -> ImageRef:
+        return dataclasses.replace(ref, path=known.get(ref.path.resolve(), ref.path))
+
+    kept = [
+        Triplet(same_name(t.query), same_name(t.positive), same_name(t.negative), t.kind)
+        for t in triplets
+        if not {r.path.resolve() for r in (t.query, t.positive, t.negative)} & held
+    ]
+    if len(kept) < len(triplets):
+        log.info(
+            "%d of %d triplets show a validation product: left out",
+            len(triplets) - len(kept),
+            len(triplets),
+        )
+    bank.load([r for t in kept for r in (t.query, t.positive, t.negative)], "load triplets")
+    return [t for t in kept if all(r in bank for r in (t.query, t.positive, t.negative))]
 
 
 def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> tuple[float, float]:
@@ -374,7 +439,7 @@ def _plot_history(history: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in history.read_text().splitlines()]
+    records = read_history(history)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     losses = [r for r in records if "loss" in r]
     left.plot([r["step"] for r in losses], [r["loss"] for r in losses], lw=0.6)

@@ -1,8 +1,9 @@
-"""Validation during training: street-to-shop recall@k on held-out training products."""
+"""Validation during training, on held-out training products: street-to-shop recall@k, and the
+recommendation figures among their catalog views (other view recall@1, colour-variant AUC)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ from PIL import Image
 
 from visnet.embed.pipeline import Item, PipelineSettings, embed_items
 from visnet.eval.metrics import dedupe_products, recall_at_k
+from visnet.eval.recommend import recommendation_quality
 from visnet.model.visnet import VisNet
 from visnet.training.datasets import ImageBank, ImageRef, ProductViews, Transform
 
@@ -45,8 +47,13 @@ def validation_recall(
     transform: Transform,
     ks: Sequence[int] = (1, 5, 20),
     embed_refs: Callable[[Sequence[ImageRef]], np.ndarray] | None = None,
+    variants: Mapping[int, str] | None = None,
 ) -> dict[str, float]:
     """Street crops of `queries` searched, within their category, over the views of `gallery`.
+
+    With `variants` (product -> colour-variant group), also the recommendation figures of
+    `visnet eval` among the queries' own catalog views: `val_other_view@1` and `val_variant_auc`
+    (the share of unrelated products of its category ranked below a product's best variant).
 
     `embed_refs` replaces the model's forward on the bank's images (the cached trainer embeds
     from its cache of the frozen layers' output: the same vectors, a fraction of the time)."""
@@ -73,4 +80,14 @@ def validation_recall(
     model.train(was_training)
     if not truth:
         return {f"recall@{k}": 0.0 for k in ks}
-    return {f"recall@{k}": float(v) for k, v in recall_at_k(rankings, truth, ks).items()}
+    result = {f"recall@{k}": float(v) for k, v in recall_at_k(rankings, truth, ks).items()}
+    if variants is not None:
+        own = np.isin(owners, [q.product for q in queries])
+        reco = recommendation_quality(database[own], owners[own].tolist(), cats[own], variants)
+        for key, name in (
+            ("other_view_recall@1", "val_other_view@1"),
+            ("variant_auc", "val_variant_auc"),
+        ):
+            if reco.get(key) is not None:
+                result[name] = float(reco[key])
+    return result

@@ -1,7 +1,9 @@
-"""BISS deep scorer: a VisNet checkpoint, a torchvision backbone with local weights, or untrained.
+"""BISS deep scorer: a pretrained network (the default), a VisNet model, or torchvision weights.
 
-deep                       the untrained default VisNet (a warning says so: weak ranks)
-deep:PATH                  a VisNet checkpoint written by `visnet train` (any file path)
+deep                       EfficientNet-Lite0 with its packaged ImageNet weights, frozen (as the
+                           paper's BISS used a pretrained network's fc7)
+deep:NAME                  any model name `create_embedder` takes: a checkpoint (`*.pt`), an ONNX
+                           export, a pretrained backbone (`efficientnet_lite1`), `untrained`
 deep:BACKBONE:WEIGHTS      a registered torchvision backbone with a local state-dict file;
                            features are fc7 for VGG/AlexNet (the paper's BISS), else the
                            global average pool of the last conv map
@@ -23,21 +25,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BackboneFeatures", "deep_scorer"]
 
+DEFAULT_DEEP = "efficientnet_lite0"  # the frozen pretrained network: strong ranks, no training
 BACKBONE_INPUT = 224  # ImageNet weights see 224-pixel crops of 256-pixel resizes
 BACKBONE_RESIZE = 256
 
 
 def deep_scorer(argument: str | None = None) -> Embedder:
     """The deep scorer that `argument` names (see the module docstring)."""
-    if not argument:
-        from visnet.model.embedder import untrained_embedder
-
-        log.warning(
-            "deep scorer: no checkpoint or backbone weights given; using the UNTRAINED default "
-            "network (random weights, seed 0), whose ranks are weak. Pass deep:PATH.pt or "
-            "deep:BACKBONE:WEIGHTS.pth for a useful deep scorer."
-        )
-        return untrained_embedder("default", seed=0)
+    argument = argument or DEFAULT_DEEP
     backbone, sep, weights = argument.partition(":")
     if sep and _is_backbone(backbone):
         return BackboneFeatures(backbone, Path(weights).expanduser())
