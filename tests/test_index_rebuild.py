@@ -149,3 +149,11 @@ def test_the_command_says_where_the_old_index_is(built: tuple[Path, Path]) -> No
     assert f"the old index is kept in {index_dir}.before-rebuild" in outcome.output
     again = CliRunner().invoke(app, ["index", "rebuild", "--index", str(index_dir), "--model", OLD])
     assert again.exit_code == 2 and "earlier rebuild" in again.output
+
+
+def test_serve_refuses_another_models_index_in_one_line(built: tuple[Path, Path]) -> None:
+    _, index_dir = built
+    result = CliRunner().invoke(app, ["serve", "--index", str(index_dir), "--model", NEW])
+    assert result.exit_code != 0
+    assert "rebuild it for this model with: visnet index rebuild" in result.output
+    assert "Traceback" not in result.output and "Uvicorn running" not in result.output

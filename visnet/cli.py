@@ -129,8 +129,13 @@ def serve_command(
         )
     except (OSError, ValueError) as exc:
         _fail(str(exc))
-    if not (settings.index / "manifest.json").is_file():
-        _fail(f"{settings.index} holds no index; build one first")
+    from visnet.embed.registry import model_fingerprint
+    from visnet.index.catalog_index import check_model
+
+    try:  # before the server starts: a wrong model is one clear line, not a startup traceback
+        check_model(settings.index, model_fingerprint(settings.model), settings.model)
+    except (OSError, ValueError, ImportError) as exc:
+        _fail(str(exc))
     serve(settings)
 
 

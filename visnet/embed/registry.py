@@ -33,6 +33,7 @@ __all__ = [
     "create_embedder",
     "embedder_fingerprint",
     "known_embedders",
+    "model_fingerprint",
     "register",
 ]
 
@@ -120,6 +121,17 @@ def embedder_fingerprint(embedder: Embedder) -> str:
     }
     kind = f"{type(embedder).__module__}.{type(embedder).__qualname__}"
     return f"{kind}:{embedder.name}:{embedder.dim}:{settings}"
+
+
+def model_fingerprint(name: str | Path) -> str:
+    """The fingerprint `create_embedder(name)` carries (what an index records), read from a
+    checkpoint's weights without building its network; other names build their embedder."""
+    path = checkpoint_path(str(name))
+    if path is not None:
+        from visnet.model.checkpoint import fingerprint
+
+        return fingerprint(_existing(path, "checkpoint"))
+    return embedder_fingerprint(create_embedder(name, backend="torch"))
 
 
 def _existing(path: Path, what: str) -> Path:

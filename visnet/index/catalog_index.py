@@ -58,6 +58,20 @@ def _rebuild_command(path: Path, model: str | None) -> str:
     return f"rebuild it for this model with: visnet index rebuild --index {index} --model {name}"
 
 
+def check_model(path: Path, model_fingerprint: str, model: str | None = None) -> dict[str, Any]:
+    """The index's manifest, if the index at `path` was built by the model with this fingerprint;
+    else FileNotFoundError (no index) or IndexMismatchError naming the command that rebuilds it.
+    Cheap (no lock, no vectors), so a command can check before it loads anything else."""
+    if not (path / MANIFEST).exists():
+        raise FileNotFoundError(f"{path} holds no index ({MANIFEST} missing); create one first")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest["model_fingerprint"] != model_fingerprint:
+        expected = f"{manifest['model_name']!r} (fingerprint {manifest['model_fingerprint']})"
+        given = f"fingerprint {model_fingerprint}"
+        raise _mismatch(path, "model", expected, given, _rebuild_command(path, model))
+    return manifest
+
+
 class CatalogIndex:
     """Products and their view vectors, searchable by vector or by product. Thread-safe.
 
@@ -150,13 +164,7 @@ class CatalogIndex:
         refusal of another model's index names the command that rebuilds the index for it.
         """
         path = Path(path)
-        if not (path / MANIFEST).exists():
-            raise FileNotFoundError(f"{path} holds no index ({MANIFEST} missing); create one first")
-        manifest = json.loads((path / MANIFEST).read_text())
-        if manifest["model_fingerprint"] != model_fingerprint:
-            expected = f"{manifest['model_name']!r} (fingerprint {manifest['model_fingerprint']})"
-            given = f"fingerprint {model_fingerprint}"
-            raise _mismatch(path, "model", expected, given, _rebuild_command(path, model))
+        manifest = check_model(path, model_fingerprint, model)
         saved = (manifest["pca"] or {}).get("fingerprint")
         if pca_fingerprint is not None and saved != pca_fingerprint:
             expected = f"fingerprint {saved}" if saved else "none (full-dimension vectors)"
