@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from visnet.detect.settings import default as _detect
 from visnet.training.settings import TrainSettings
 from visnet.training.settings import default as _train
 
@@ -149,20 +150,28 @@ app.add_typer(detect_app, name="detect")
 def detect_train(
     data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set (its train boxes)."),
     out: Path = typer.Option(..., "--out", help="Run folder: last.pt, detector.pt, history."),
-    arch: str = typer.Option("mobilenet_v3_large_fpn", help="Detector architecture."),
-    steps: int = typer.Option(600, help="Optimiser steps."),
-    batch_size: int = typer.Option(4, help="Photos per step."),
-    optimizer: str = typer.Option("sgd", help="sgd or adamw."),
-    lr: float = typer.Option(0.01, help="Peak learning rate."),
-    min_size: int = typer.Option(0, help="Shorter side the detector resizes to (0: arch's)."),
-    max_size: int = typer.Option(0, help="Cap on the longer side (0: the arch's default)."),
-    seed: int = typer.Option(0, help="Random seed; the same seed reproduces a run."),
+    arch: str = typer.Option(_detect("arch"), help="Detector architecture."),
+    steps: int = typer.Option(_detect("steps"), help="Optimiser steps."),
+    batch_size: int = typer.Option(_detect("batch_size"), help="Photos per step."),
+    optimizer: str = typer.Option(_detect("optimizer"), help="sgd or adamw."),
+    lr: float = typer.Option(_detect("lr"), help="Peak learning rate."),
+    min_size: int = typer.Option(
+        _detect("min_size"), help="Shorter side the detector resizes to (0: arch's)."
+    ),
+    max_size: int = typer.Option(
+        _detect("max_size"), help="Cap on the longer side (0: the arch's default)."
+    ),
+    seed: int = typer.Option(_detect("seed"), help="Random seed; the same seed reproduces a run."),
     pretrained_backbone: Path | None = typer.Option(
         None, help="Local torchvision classifier state dict for the backbone."
     ),
-    checkpoint_every: int = typer.Option(25, help="Save OUT/last.pt every N steps."),
-    max_minutes: float = typer.Option(0.0, help="Stop and save after this long (0: no limit)."),
-    threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+    checkpoint_every: int = typer.Option(
+        _detect("checkpoint_every"), help="Save OUT/last.pt every N steps."
+    ),
+    max_minutes: float = typer.Option(
+        _detect("max_minutes"), help="Stop and save after this long (0: no limit)."
+    ),
+    threads: int = typer.Option(_detect("threads"), help="Torch threads (0: every core)."),
 ) -> None:
     """Train a detector on the street boxes; rerun the same command to resume after a kill."""
     from visnet.detect.train import train_detector

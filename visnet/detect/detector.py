@@ -21,13 +21,13 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
+from visnet.detect.settings import DEFAULT_ARCH
 from visnet.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT = "visnet-detector"
 VERSION = 1
-DEFAULT_ARCH = "mobilenet_v3_large_fpn"
 # How a box is scored. "product": how likely it holds any product at all (1 - p(background)),
 # labelled with its likeliest category: which object a shopper photographed does not depend on
 # the category, and a product whose category the head is unsure of (0.4 bag, 0.3 shoe) is no

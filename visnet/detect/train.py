@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import Street2ShopSet, read_set
 from visnet.detect.detector import (
-    DEFAULT_ARCH,
     Detector,
     DetectorConfig,
     atomic_save,
@@ -34,6 +33,7 @@ from visnet.detect.detector import (
     load_backbone_weights,
     to_tensor,
 )
+from visnet.detect.settings import DetectTrainSettings
 from visnet.images import ImageError, load_image
 from visnet.training.history import truncate_history
 from visnet.training.optim import make_optimizer
@@ -43,40 +43,6 @@ log = logging.getLogger(__name__)
 RUN_FORMAT = "visnet-detector-run"
 # Settings that may change between a run and its resumption without changing what is learnt.
 _RESUMABLE = ("steps", "checkpoint_every", "max_minutes", "threads", "progress")
-
-
-@dataclass(frozen=True)
-class DetectTrainSettings:
-    arch: str = DEFAULT_ARCH
-    steps: int = 600
-    batch_size: int = 4
-    optimizer: str = "sgd"  # or "adamw"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    clip_grad: float = 10.0
-    # RoIs sampled per photo for the box-head loss; torchvision's 512 suits crowded COCO scenes,
-    # our photos hold one or a few items, and 128 trains about a third faster on a CPU
-    box_samples: int = 128
-    min_size: int = 0  # 0: the architecture's default
-    max_size: int = 0
-    box_head_dim: int = 0
-    flip: float = 0.5  # probability of a horizontal flip
-    seed: int = 0
-    pretrained_backbone: str | None = None  # a local torchvision classifier state dict
-    checkpoint_every: int = 25
-    max_minutes: float = 0.0  # stop (and save) after this long; 0: no limit
-    threads: int = 0  # 0: every core
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
-        if not 0.0 <= self.flip <= 1.0:
-            raise ValueError(f"flip is a probability; got {self.flip}")
 
 
 @dataclass
@@ -167,30 +133,12 @@ def train_step(
     return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
 
 
-def train_detector(
-    data_dir: str | Path,
-    out: str | Path,
-    arch: str = DEFAULT_ARCH,
-    steps: int = 600,
-    batch_size: int = 4,
-    lr: float = 0.01,
-    seed: int = 0,
-    max_minutes: float = 0.0,
-    **options: Any,
-) -> Path:
+def train_detector(data_dir: str | Path, out: str | Path, **options: Any) -> Path:
     """Train (or resume) a detector; return the path of its final weights (OUT/detector.pt).
 
-    `options` are the other fields of DetectTrainSettings (optimizer, min_size, ...).
+    `options` are fields of DetectTrainSettings (arch, steps, lr, ...); the rest keep its defaults.
     """
-    settings = DetectTrainSettings(
-        arch=arch,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        max_minutes=max_minutes,
-        **options,
-    )
+    settings = DetectTrainSettings(**options)
     return run_training(data_dir, out, settings)
 
 

@@ -206,7 +206,7 @@ def read_triplets(
         from visnet.triplets.review import queue_lines
 
         return [_triplet(base, item) for item in queue_lines(path, include_pending)]
-    triplets = []
+    triplets: list[Triplet] = []
     lines = read_jsonl(path)
     while True:
         try:

@@ -388,6 +388,7 @@ def _read_triplets(
     """The triplet file's triplets whose images load, less any that shows a validation product
     (it would leak the held-out products into training and flatter the validation figures).
     Their images are named as the data set's rows name them, so each is loaded and cached once."""
+    assert settings.triplets is not None
     triplets = read_triplets(settings.triplets, settings.data, settings.include_pending)
     known = {r.path.resolve(): r.path for p in rows + held_out for r in p.views + p.street}
     held = {r.path.resolve() for p in held_out for r in p.views + p.street}

@@ -83,7 +83,9 @@ def validation_recall(
     result = {f"recall@{k}": float(v) for k, v in recall_at_k(rankings, truth, ks).items()}
     if variants is not None:
         own = np.isin(owners, [q.product for q in queries])
-        reco = recommendation_quality(database[own], owners[own].tolist(), cats[own], variants)
+        reco = recommendation_quality(
+            database[own], owners[own].tolist(), cats[own].tolist(), variants
+        )
         for key, name in (
             ("other_view_recall@1", "val_other_view@1"),
             ("variant_auc", "val_variant_auc"),
