@@ -44,7 +44,7 @@ from tqdm import tqdm
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.products import Product
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from service_helpers import free_port  # noqa: E402
 
 HOST = "127.0.0.1"  # never anything else: this tool only loads a server it started itself

@@ -12,7 +12,7 @@ any failure or error.
     python benchmarks/schema_fuzz.py --max-examples 100 --phases coverage,fuzzing,stateful
     python benchmarks/schema_fuzz.py --index data/demo-index --model models/visnet-default.pt
 
-`tests/test_service_schema.py` runs a short one (every phase, 5 examples: about 10 s).
+`tests/service/test_schema.py` runs a short one (every phase, 5 examples: about 10 s).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis.engine import events, from_schema
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from service_helpers import (  # noqa: E402
     build_tiny_catalog,
     running_server,

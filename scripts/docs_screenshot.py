@@ -18,7 +18,7 @@ from pathlib import Path
 from visnet.data.street2shop import read_set
 from visnet.service import create_app, load_settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from service_helpers import CHROMIUM, CHROMIUM_ARGS, running_server  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from visnet.data.sources import real_photo_queries
 from visnet.service import create_app, load_settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from service_helpers import running_server  # noqa: E402
 
 THUMB = 150

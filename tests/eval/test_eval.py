@@ -261,7 +261,7 @@ def test_report_config_errors_name_the_file(data: Path, tmp_path: Path) -> None:
 def test_the_shipped_config_loads() -> None:
     from visnet.eval.report import load_report_config
 
-    config = load_report_config(Path(__file__).parents[1] / "configs" / "report.toml")
+    config = load_report_config(Path(__file__).parents[2] / "configs" / "report.toml")
     assert [run.model for run in config.runs][:4] == [
         "colour-histogram",
         "texture",

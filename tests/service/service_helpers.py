@@ -1,8 +1,8 @@
 """Service test helpers: a real server in a thread, a tiny catalog, a review queue, and how to
 start Debian's Chromium for the page (headless, no network, never `playwright install`).
 
-Tests import it by name (pytest puts tests/ on the path); benchmarks/ and scripts/ put tests/
-on `sys.path` first."""
+Tests import it by name (pyproject's pytest `pythonpath` puts tests/service/ on the path);
+benchmarks/ and scripts/ put tests/service/ on `sys.path` first."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from service_helpers import (
 from visnet.service import create_app
 
 KEY = "browser-key-0123456789"
-SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
-DOCS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "search-page.png"
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "search-page.png"
 WAIT_MS = 20_000
 
 if not CHROMIUM.exists():

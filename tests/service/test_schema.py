@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FUZZER = Path(__file__).resolve().parent.parent / "benchmarks" / "schema_fuzz.py"
+FUZZER = Path(__file__).resolve().parents[2] / "benchmarks" / "schema_fuzz.py"
 
 
 def test_a_short_schema_fuzz_finds_no_violations_and_no_server_errors(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # the small from-scratch network, trained whole: the tests' model (the default recipe fine-tunes
-# EfficientNet-Lite0 at 224 px, too slow for a unit test; tests/test_pretrained.py covers it)
+# EfficientNet-Lite0 at 224 px, too slow for a unit test; tests/model/test_pretrained.py covers it)
 SCRATCH = dict(preset="scratch", pretrained=None, freeze=0)
 SCRATCH_FLAGS = ["--preset", "scratch", "--pretrained", "none", "--freeze", "0"]
 

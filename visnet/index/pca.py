@@ -30,7 +30,7 @@ class PCA:
     """``apply(x) = normalise((x - mean) @ components.T)``; components are (out_dim, in_dim).
 
     Before normalising, that is scikit-learn's ``PCA.transform`` (no whitening) of the fitted
-    model, which `tests/test_index.py` checks.
+    model, which `tests/index/test_index.py` checks.
     """
 
     mean: np.ndarray

@@ -84,7 +84,8 @@ def result_fields(match: Match) -> dict[str, Any]:
 def similar_json(found: Similar) -> Response:
     """The /similar answer (`SimilarOut`) as JSON bytes straight from orjson, on the hot path:
     building the pydantic models made a whole k=20 request cost about 1.4x the CPU (330 against
-    230 us in process). `tests/test_service.py` checks the bytes are exactly a `SimilarOut`."""
+    230 us in process). `tests/service/test_service.py` checks the bytes are exactly a
+    `SimilarOut`."""
     results = [result_fields(m) for m in found.matches]
     body = {"product_id": found.product_id, "source": found.source, "results": results}
     return Response(orjson.dumps(body), media_type="application/json")
