@@ -332,6 +332,11 @@ def train_command(
         _train("variant_fraction"),
         help="With --freeze: batch share of whole colour-variant families (hard negatives).",
     ),
+    variant_offset: float = typer.Option(
+        _train("variant_offset"),
+        help="A colour variant in the batch counts this much (cosine) less as a negative: "
+        "kept just below the true match, not pushed away (look-alikes).",
+    ),
     val_fraction: float = typer.Option(
         _train("val_fraction"), help="Share of training shape groups held out for validation."
     ),

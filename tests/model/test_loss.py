@@ -117,3 +117,16 @@ def test_in_batch_contrastive_learns_temperature() -> None:
     assert not fixed.log_scale.requires_grad
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         fixed(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+def test_a_family_offset_eases_the_push_on_relatives_only() -> None:
+    torch.manual_seed(0)
+    q, p = torch.randn(6, 8), torch.randn(6, 8)
+    loss = InBatchContrastive(temperature=0.1, learn_temperature=False)
+    families = torch.tensor([0, 0, 1, 2, 3, 4])  # rows 0 and 1: colour variants of one product
+    plain = loss(q, p)
+    eased = loss(q, p, families=families, family_offset=0.2)
+    assert eased < plain
+    # no relatives in the batch, or no offset: exactly the plain loss
+    assert torch.equal(loss(q, p, families=torch.arange(6), family_offset=0.2), plain)
+    assert torch.equal(loss(q, p, families=families, family_offset=0.0), plain)

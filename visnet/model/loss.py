@@ -84,6 +84,11 @@ class InBatchContrastive(nn.Module):
 
     Row i of ``query`` matches row i of ``positive``; every other row in the batch is a
     negative, except rows with the same ``labels`` (the same product twice), which are masked.
+
+    ``families`` (optional, one id per row) marks near relatives such as colour variants of one
+    product: they stay negatives, but their similarity counts ``family_offset`` (in cosine) lower,
+    so the loss is satisfied once a relative sits just below the true match instead of pushing it
+    as far away as an unrelated product (which would cost look-alike recommendations).
     """
 
     def __init__(
@@ -100,7 +105,12 @@ class InBatchContrastive(nn.Module):
         return float(torch.exp(-self.log_scale.detach().clamp(max=self.max_log_scale)))
 
     def forward(
-        self, query: torch.Tensor, positive: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        query: torch.Tensor,
+        positive: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        families: torch.Tensor | None = None,
+        family_offset: float = 0.0,
     ) -> torch.Tensor:
         if query.shape != positive.shape or query.ndim != 2:
             raise ValueError(
@@ -109,6 +119,10 @@ class InBatchContrastive(nn.Module):
             )
         scale = self.log_scale.clamp(max=self.max_log_scale).exp()
         logits = scale * F.normalize(query, dim=1) @ F.normalize(positive, dim=1).T
+        if families is not None and family_offset:
+            kin = families.unsqueeze(0) == families.unsqueeze(1)
+            eye = torch.eye(len(families), dtype=torch.bool, device=logits.device)
+            logits = logits - (scale * family_offset) * (kin & ~eye).to(logits.dtype)
         if labels is not None:
             same = labels.unsqueeze(0) == labels.unsqueeze(1)
             eye = torch.eye(len(labels), dtype=torch.bool, device=logits.device)

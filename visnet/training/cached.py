@@ -241,6 +241,7 @@ class CachedPairSampler(PairSampler):
         for i, entry in enumerate(table):
             by_group.setdefault((groups or {}).get(entry.product, str(entry.product)), []).append(i)
         self.families = [rows for rows in by_group.values() if len(rows) > 1]
+        self.family_of = {r: i for i, rows in enumerate(by_group.values()) for r in rows}
 
     def _rows(self, size: int, rng: np.random.Generator) -> list[int]:
         """Like PairSampler's, plus whole families of colour variants for a `variant_fraction`
@@ -255,7 +256,9 @@ class CachedPairSampler(PairSampler):
 
     def batch(  # type: ignore[override]
         self, size: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        """Cache rows of the queries and of their positives, the product of each pair, and its
+        colour-variant family (an id shared by the variants of one product)."""
         rows = self._rows(min(size, len(self.table)), rng)
         queries, positives = [], []
         for r in rows:
@@ -272,7 +275,9 @@ class CachedPairSampler(PairSampler):
             queries.append(query)
             positives.append(positive)
         labels = torch.tensor([self.table[r].product for r in rows])
-        return self.cache.rows(queries, rng, False), self.cache.rows(positives, rng, False), labels
+        families = torch.tensor([self.family_of[r] for r in rows])
+        queries_rows = self.cache.rows(queries, rng, False)
+        return queries_rows, self.cache.rows(positives, rng, False), labels, families
 
 
 def triplet_rows(

@@ -37,6 +37,7 @@ class TrainSettings:
     street_fraction: float = 0.6
     same_category_fraction: float = 0.25
     variant_fraction: float = 0.25  # with `freeze`: batch share of whole colour-variant families
+    variant_offset: float = 0.0  # with `freeze`: a colour variant counts this much (cosine) less
     val_fraction: float = 0.1
     val_categories: str = ""  # comma-separated: hold these whole categories out instead
     val_every: int = 150
@@ -61,6 +62,8 @@ class TrainSettings:
             raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine' or 'step'")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
+        if self.variant_offset < 0:
+            raise ValueError(f"variant_offset must be >= 0; got {self.variant_offset}")
         if self.freeze < 0 or self.cache_versions < 1 or self.triplet_weight < 0:
             raise ValueError("freeze and triplet_weight must be >= 0, cache_versions >= 1")
         if self.freeze and self.loss != "contrastive":

@@ -414,11 +414,11 @@ def _read_triplets(
 def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> tuple[float, float]:
     batchnorm_on_running_stats(run.model)
     cache = cached.cache
-    queries, positives, labels = cached.pairs.batch(settings.batch_size, run.rng)
+    queries, positives, labels, families = cached.pairs.batch(settings.batch_size, run.rng)
     rows = np.concatenate([queries, positives])
     embedded = cached.forward(cache.features[rows], cache.quarters[rows])
     q, p = embedded[: len(queries)], embedded[len(queries) :]
-    loss = run.criterion(q, p, labels)
+    loss = run.criterion(q, p, labels, families, settings.variant_offset)
     accuracy = float(((q @ p.T).argmax(dim=1) == torch.arange(len(q))).float().mean())
     if cached.triplets and settings.triplet_weight > 0:
         parts = triplet_rows(cached.triplets, cache, settings.batch_size // 2, run.rng)
