@@ -162,8 +162,10 @@ def detect_train(
         _detect("max_size"), help="Cap on the longer side (0: the arch's default)."
     ),
     seed: int = typer.Option(_detect("seed"), help="Random seed; the same seed reproduces a run."),
-    pretrained_backbone: Path | None = typer.Option(
-        None, help="Local torchvision classifier state dict for the backbone."
+    pretrained_backbone: str | None = typer.Option(
+        None,
+        help="Backbone weights: a local torchvision classifier state dict; for "
+        "efficientnet_lite0_fpn the packaged ImageNet weights when unset; none: from scratch.",
     ),
     checkpoint_every: int = typer.Option(
         _detect("checkpoint_every"), help="Save OUT/last.pt every N steps."
@@ -189,11 +191,11 @@ def detect_train(
             optimizer=optimizer,
             min_size=min_size,
             max_size=max_size,
-            pretrained_backbone=str(pretrained_backbone) if pretrained_backbone else None,
+            pretrained_backbone=pretrained_backbone or None,
             checkpoint_every=checkpoint_every,
             threads=threads,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {final}")
 

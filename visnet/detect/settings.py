@@ -31,7 +31,9 @@ class DetectTrainSettings:
     box_head_dim: int = 0
     flip: float = 0.5  # probability of a horizontal flip
     seed: int = 0
-    pretrained_backbone: str | None = None  # a local torchvision classifier state dict
+    # a local torchvision classifier state dict; for an arch with packaged ImageNet weights
+    # (efficientnet_lite0_fpn) unset means those, a path a file in their format, "none" random
+    pretrained_backbone: str | None = None
     checkpoint_every: int = 25
     max_minutes: float = 0.0  # stop (and save) after this long; 0: no limit
     threads: int = 0  # 0: every core

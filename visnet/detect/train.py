@@ -30,6 +30,7 @@ from visnet.detect.detector import (
     atomic_save,
     build_model,
     freeze_batchnorm,
+    get_arch,
     load_backbone_weights,
     to_tensor,
 )
@@ -181,17 +182,29 @@ def _config(settings: DetectTrainSettings, categories: list[str]) -> DetectorCon
         min_size=settings.min_size,
         max_size=settings.max_size,
         box_head_dim=settings.box_head_dim,
-        frozen_batchnorm=settings.pretrained_backbone is not None,
+        frozen_batchnorm=backbone_source(settings) is not None,
     )
+
+
+def backbone_source(settings: DetectTrainSettings) -> str | None:
+    """Where a new run's backbone weights come from; None: random (trained from scratch).
+
+    Unset, an architecture with packaged ImageNet weights starts from them; "none" opts out.
+    """
+    source = settings.pretrained_backbone
+    if source is None:
+        return get_arch(settings.arch).packaged_backbone or None
+    return None if source.strip().lower() in ("", "none") else source
 
 
 def _new_run(settings: DetectTrainSettings, categories: list[str]) -> _Run:
     torch.manual_seed(settings.seed)
     config = _config(settings, categories)
     model = build_model(dataclasses.replace(config, frozen_batchnorm=False))
-    if settings.pretrained_backbone:
+    source = backbone_source(settings)
+    if source is not None:
         # load into plain BatchNorm first, then freeze it with the loaded statistics
-        load_backbone_weights(model, settings.arch, settings.pretrained_backbone)
+        load_backbone_weights(model, settings.arch, source)
         freeze_batchnorm(model.backbone.body)
     model.roi_heads.fg_bg_sampler.batch_size_per_image = settings.box_samples
     detector = Detector(config, model)
