@@ -4,6 +4,7 @@ skipped); ONNX export agrees with torch."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,16 @@ def test_auto_keeps_depthwise_networks_on_onnxruntime(tmp_path: Path) -> None:
     model = create_model(pretrained_config("efficientnet_lite0", input_size=64), seed=0)
     checkpoint = save_checkpoint(tmp_path / "lite.pt", model)
     assert isinstance(create_embedder(str(checkpoint), backend="auto"), OnnxEmbedder)
+
+
+def test_a_checkpoints_onnx_export_is_made_once_and_reused(tmp_path: Path) -> None:
+    from visnet.embed.registry import onnx_cache_dir
+
+    checkpoint = save_checkpoint(tmp_path / "m.pt", create_model("default", seed=2))
+    first = create_embedder(str(checkpoint), backend="onnx")
+    assert isinstance(first, OnnxEmbedder)
+    exports = list(onnx_cache_dir().glob(f"{first.fingerprint}-*.onnx"))
+    assert len(exports) == 1 and exports[0].is_relative_to(os.environ["VISNET_CACHE"])
+    made = exports[0].stat().st_mtime_ns
+    again = create_embedder(str(checkpoint), backend="onnx")
+    assert again.fingerprint == first.fingerprint and exports[0].stat().st_mtime_ns == made

@@ -15,6 +15,7 @@ it), or of its settings for the hand-made baselines. Indexes and caches record i
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -158,10 +159,36 @@ def _checkpoint(path: Path, backend: Backend, batch_size: int) -> Embedder:
         ):
             log.info("%s: torch, %s", path, torch_embedder.precision)
             return torch_embedder
-    from visnet.embed.onnx import export_onnx
+    return _onnx(_exported(path), batch_size)
 
-    exported = export_onnx(path, Path(tempfile.mkdtemp(prefix="visnet-onnx-")) / "model.onnx")
-    return _onnx(exported, batch_size)
+
+def onnx_cache_dir() -> Path:
+    """Where checkpoints' ONNX exports are kept: $VISNET_CACHE/onnx, else
+    $XDG_CACHE_HOME/visnet/onnx (~/.cache/visnet/onnx)."""
+    own = os.environ.get("VISNET_CACHE")
+    base = Path(own) if own else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "visnet"
+    return base.expanduser() / "onnx"
+
+
+def _exported(path: Path) -> Path:
+    """The checkpoint's ONNX export, made once per weights and model arguments and reused (an
+    export takes seconds; every command and each service start used to repeat it)."""
+    import hashlib
+    import json
+
+    from visnet.embed.onnx import export_onnx
+    from visnet.model.checkpoint import fingerprint, read_checkpoint
+
+    args = json.dumps(read_checkpoint(path)["model_args"], sort_keys=True).encode()
+    name = f"{fingerprint(path)}-{hashlib.sha256(args).hexdigest()[:8]}.onnx"
+    try:
+        target = onnx_cache_dir() / name
+        if not target.is_file():
+            export_onnx(path, target)  # written whole or not at all
+        return target
+    except OSError as exc:  # no writable cache: a temporary export, as before
+        log.warning("ONNX cache unusable (%s); exporting to a temporary folder", exc)
+        return export_onnx(path, Path(tempfile.mkdtemp(prefix="visnet-onnx-")) / name)
 
 
 def _frozen_pretrained(backbone: str, batch_size: int) -> Embedder:
