@@ -1,4 +1,4 @@
-"""Embedding throughput: torch against onnxruntime, the same model and images, in one run.
+"""Embedding throughput: torch, torch in bfloat16 and onnxruntime, same model and images, one run.
 
     .venv/bin/python benchmarks/embed.py --model models/visnet-default.pt --images 256
 
@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from visnet.embed.onnx import OnnxEmbedder, export_onnx
+from visnet.embed.registry import create_embedder
 from visnet.model import ModelEmbedder
 
 
@@ -47,19 +48,28 @@ def main() -> int:
     args = parser.parse_args()
     images = _images(args.images, seed=0)
     torch_embedder = ModelEmbedder.from_checkpoint(args.model, batch_size=args.batch_size)
+    bf16_embedder = ModelEmbedder.from_checkpoint(
+        args.model, batch_size=args.batch_size, precision="bfloat16"
+    )
+    auto = create_embedder(args.model, backend="auto", batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_embedder = OnnxEmbedder(export_onnx(args.model, Path(tmp) / "m.onnx"), args.batch_size)
-        same = np.abs(torch_embedder.embed(images[:8]) - onnx_embedder.embed(images[:8])).max()
+        reference = torch_embedder.embed(images[:8])
+        same = np.abs(reference - onnx_embedder.embed(images[:8])).max()
+        bf16_cosine = float((reference * bf16_embedder.embed(images[:8])).sum(axis=1).min())
         batch = torch.stack([torch_embedder.transform(im) for im in images[: args.batch_size]])
+        channels_last = batch.contiguous(memory_format=torch.channels_last)
+
+        def bf16_model() -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return bf16_embedder.model(channels_last)
+
         rows = []
         for name, embedder, model_only in (
+            ("torch", torch_embedder, lambda: torch_embedder.model(channels_last)),
+            ("torch-bf16", bf16_embedder, bf16_model),
             (
-                "torch",
-                torch_embedder,
-                lambda: torch_embedder.model(batch.contiguous(memory_format=torch.channels_last)),
-            ),
-            (
-                "onnxruntime",
+                "onnx",
                 onnx_embedder,
                 lambda: onnx_embedder.session.run(None, {"images": batch.numpy()}),
             ),
@@ -68,9 +78,11 @@ def main() -> int:
                 end_to_end = _rate(lambda e=embedder: e.embed(images), len(images), args.repeats)
                 model = _rate(model_only, len(batch), args.repeats)
             rows.append((name, end_to_end, model))
+    picked = "torch-bf16" if isinstance(auto, ModelEmbedder) else "onnx"
     print(
         f"model {args.model}, {args.images} images 400x300, batch {args.batch_size}, "
-        f"threads {torch.get_num_threads()}, max |torch - onnx| = {same:.2e}"
+        f"threads {torch.get_num_threads()}, max |torch - onnx| = {same:.2e}, "
+        f"min cosine torch vs torch-bf16 = {bf16_cosine:.5f}; backend auto picks {picked} here"
     )
     print(f"{'backend':<12} {'end-to-end img/s':>17} {'model-only img/s':>17} {'vs torch':>9}")
     for name, e2e, model in rows:

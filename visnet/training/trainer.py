@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from visnet.data.catalog import read_side_info, side_attribute
 from visnet.data.street2shop import read_set
+from visnet.embed.registry import create_embedder
 from visnet.eval.cache import data_fingerprint
 from visnet.model import (
     InBatchContrastive,
@@ -150,7 +151,14 @@ def validate_checkpoint(settings: TrainSettings, checkpoint: Path | str) -> dict
     train_rows, val_rows = _split(data, settings)
     bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
     train_rows, val_rows = drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
-    return _validation(settings, model, train_rows, val_rows, bank, preprocess)()
+    embedder = create_embedder(str(checkpoint), backend="auto")  # what eval and serving run
+
+    def embed_refs(refs: Sequence[ImageRef]) -> np.ndarray:
+        return embedder.embed([bank[r] for r in refs])
+
+    return _validation(settings, model, train_rows, val_rows, bank, preprocess)(
+        embed_refs=embed_refs
+    )
 
 
 def _validation(
