@@ -72,11 +72,18 @@ class OnnxEmbedder:
         self.batch_size = batch_size
         self.name = f"visnet-onnx-{self.config.backbone}-{self.fingerprint[:8]}"
 
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """One image as the network's input (thread-safe; the pipeline's readers run it)."""
+        return self.transform(image if image.mode == "RGB" else image.convert("RGB")).numpy()
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Array (len(images), dim), float32, rows L2-normalised."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            batch = torch.stack([self.transform(im.convert("RGB")) for im in chunk]).numpy()
-            out[start : start + len(chunk)] = self.session.run(None, {"images": batch})[0]
+        return self.embed_prepared([self.prepare(image) for image in images])
+
+    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """`embed` of images already through `prepare`."""
+        out = np.empty((len(inputs), self.dim), dtype=np.float32)
+        for start in range(0, len(inputs), self.batch_size):
+            batch = np.stack(inputs[start : start + self.batch_size])
+            out[start : start + len(batch)] = self.session.run(None, {"images": batch})[0]
         return l2_normalise(out)

@@ -7,7 +7,10 @@ build (catalog files), the evaluation (catalog photos and street crops), trainin
 - reader: `read_batches` decodes items through `visnet.images` (the safe decoder) on a few
   threads, a couple of batches ahead of the mapper, and cuts each item's crop with the one crop
   function (`visnet.detect.crops.crop_with_margin`);
-- mapper: `embed_batch` runs one embedder over a batch and checks the shape it returns;
+- mapper: `embed_batch` runs one embedder over a batch and checks the shape it returns. A run
+  with one embedder that offers `prepare(image)` and `embed_prepared(inputs)` (the networks:
+  resize and normalise) has its readers run `prepare` too, so that work overlaps the forward
+  pass instead of following it;
 - runner: `run_pipeline` joins them and yields `Batch`es in input order; a writer consumes them
   (`collect` keeps them in memory; `visnet.embed.job` writes shards).
 
@@ -17,9 +20,10 @@ countable reason; it is never fatal. The runner logs how many it skipped.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,10 +154,16 @@ def read_item(item: Item) -> Image.Image | Skipped:
 
 
 def read_batches(
-    items: Iterable[Item], batch_size: int = 64, threads: int = 2, prefetch: int = 2
-) -> Iterator[list[tuple[Item, Image.Image | Skipped]]]:
+    items: Iterable[Item],
+    batch_size: int = 64,
+    threads: int = 2,
+    prefetch: int = 2,
+    prepare: Callable[[Image.Image], Any] | None = None,
+) -> Iterator[list[tuple[Item, Any]]]:
     """Batches of (item, image or Skipped) in input order, decoded on `threads` threads while
-    the consumer works on earlier batches (at most `prefetch` batches ahead)."""
+    the consumer works on earlier batches (at most `prefetch` batches ahead). With `prepare`,
+    each decoded image goes through it on the same threads: (item, prepared or Skipped)."""
+    read = read_item if prepare is None else functools.partial(_read_prepared, prepare=prepare)
     source = iter(items)
     ahead = batch_size * (prefetch + 1)
     pending: deque[tuple[Item, Future]] = deque()
@@ -164,7 +174,7 @@ def read_batches(
                 item = next(source, None)
                 if item is None:
                     return
-                pending.append((item, pool.submit(read_item, item)))
+                pending.append((item, pool.submit(read, item)))
 
         fill()
         while pending:
@@ -174,14 +184,21 @@ def read_batches(
             yield [(item, future.result()) for item, future in batch]
 
 
+def _read_prepared(item: Item, prepare: Callable[[Image.Image], Any]) -> Any:
+    image = read_item(item)
+    return image if isinstance(image, Skipped) else prepare(image)
+
+
 # ------------------------------------------------------------------------------------ mapper
 
 
-def embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
-    """`embedder` over `images`: float32 (len(images), dim); a wrong shape is a ValueError."""
+def embed_batch(embedder: Embedder, images: list[Any], prepared: bool = False) -> np.ndarray:
+    """`embedder` over `images` (inputs from its `prepare` if `prepared`): float32
+    (len(images), dim); a wrong shape is a ValueError."""
     if not images:
         return np.zeros((0, embedder.dim), np.float32)
-    vectors = np.asarray(embedder.embed(images), dtype=np.float32)
+    run = embedder.embed_prepared if prepared else embedder.embed  # type: ignore[attr-defined]
+    vectors = np.asarray(run(images), dtype=np.float32)
     if vectors.shape != (len(images), embedder.dim):
         raise ValueError(
             f"embedder {embedder.name!r} returned shape {vectors.shape} for {len(images)} images; "
@@ -191,14 +208,26 @@ def embed_batch(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
 
 
 def map_batch(
-    read: list[tuple[Item, Image.Image | Skipped]], embedders: Mapping[str, Embedder]
+    read: list[tuple[Item, Any]], embedders: Mapping[str, Embedder], prepared: bool = False
 ) -> Batch:
-    """The mapper: every embedder over the images of one read batch; the skips pass through."""
-    good = [(item.key, image) for item, image in read if isinstance(image, Image.Image)]
+    """The mapper: every embedder over the images (or, `prepared`, the one embedder over the
+    prepared inputs) of one read batch; the skips pass through."""
+    good = [(item.key, image) for item, image in read if not isinstance(image, Skipped)]
     images = [image for _, image in good]
-    vectors = {name: embed_batch(embedder, images) for name, embedder in embedders.items()}
+    vectors = {
+        name: embed_batch(embedder, images, prepared) for name, embedder in embedders.items()
+    }
     skipped = [image for _, image in read if isinstance(image, Skipped)]
     return Batch([key for key, _ in good], vectors, skipped)
+
+
+def _preparer(embedders: Mapping[str, Embedder]) -> Callable[[Image.Image], Any] | None:
+    """The one embedder's `prepare`, if it has one and `embed_prepared` (else None)."""
+    if len(embedders) != 1:
+        return None  # several embedders share one decode, each with its own preprocessing
+    embedder = next(iter(embedders.values()))
+    ready = callable(getattr(embedder, "embed_prepared", None))
+    return getattr(embedder, "prepare", None) if ready else None
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -217,9 +246,12 @@ def run_pipeline(
     reasons: Counter[str] = Counter()
     seen = 0
     bar = tqdm(total=total, desc=settings.desc, unit="img", disable=not settings.progress)
+    prepare = _preparer(embedders)
     with bar:
-        for read in read_batches(items, settings.batch_size, settings.threads, settings.prefetch):
-            batch = map_batch(read, embedders)
+        for read in read_batches(
+            items, settings.batch_size, settings.threads, settings.prefetch, prepare
+        ):
+            batch = map_batch(read, embedders, prepared=prepare is not None)
             reasons.update(skipped.reason for skipped in batch.skipped)
             seen += len(read)
             bar.update(len(read))

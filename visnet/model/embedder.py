@@ -85,26 +85,28 @@ class ModelEmbedder:
         name = f"visnet-{model.config.backbone}-{meta['fingerprint'][:8]}"
         return cls(model, batch_size=batch_size, device=device, name=name, precision=precision)
 
-    def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        tensors = [
-            self.transform(img if img.mode == "RGB" else img.convert("RGB")) for img in images
-        ]
-        batch = torch.stack(tensors).to(self.device)
-        return batch.contiguous(memory_format=self.memory_format)
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One image as the network's input tensor (thread-safe: the embedding pipeline runs it
+        on its reader threads, beside the forward pass of the previous batch)."""
+        return self.transform(image if image.mode == "RGB" else image.convert("RGB"))
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Array (len(images), dim), float32, rows L2-normalised."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
+        return self.embed_prepared([self.prepare(image) for image in images])
+
+    def embed_prepared(self, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+        """`embed` of images already through `prepare`."""
+        out = np.empty((len(inputs), self.dim), dtype=np.float32)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.precision == "bfloat16"
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            for start in range(0, len(images), self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                vectors = self.model(self._batch(chunk)).float().cpu().numpy()
-                out[start : start + len(chunk)] = vectors
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = torch.stack(list(inputs[start : start + self.batch_size])).to(self.device)
+                batch = chunk.contiguous(memory_format=self.memory_format)
+                out[start : start + len(chunk)] = self.model(batch).float().cpu().numpy()
         return l2_normalise(out)
 
 

@@ -2,7 +2,8 @@
 
 The defaults are the recipe of the committed default model (`models/README.md`): EfficientNet-Lite0
 from its packaged ImageNet weights, the first seven trunk stages frozen and cached, the rest and
-the shallow branches fine-tuned with the in-batch contrastive loss.
+the shallow branches fine-tuned with the in-batch contrastive loss (colour variants counted 0.1
+less as negatives), plus the hinge on catalog triplets when a triplet file is given.
 
 Kept free of torch so the command line can show these defaults without loading a network.
 """
@@ -37,7 +38,7 @@ class TrainSettings:
     street_fraction: float = 0.6
     same_category_fraction: float = 0.25
     variant_fraction: float = 0.25  # with `freeze`: batch share of whole colour-variant families
-    variant_offset: float = 0.0  # with `freeze`: a colour variant counts this much (cosine) less
+    variant_offset: float = 0.1  # with `freeze`: a colour variant counts this much (cosine) less
     val_fraction: float = 0.1
     val_categories: str = ""  # comma-separated: hold these whole categories out instead
     val_every: int = 150
@@ -51,7 +52,7 @@ class TrainSettings:
     freeze: int = 7  # trunk stages kept frozen and cached (`training/cached.py`); 0: train all
     cache_versions: int = 4  # augmented views of each image cached when `freeze` is set
     cache_dir: str = ""  # where cached features are kept; "": DATA/.cache/features
-    triplet_weight: float = 0.0  # with `freeze` and `triplets`: contrastive + weight x triplet
+    triplet_weight: float = 1.0  # with `freeze` and `triplets`: contrastive + weight x triplet
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
