@@ -227,3 +227,59 @@ def test_garbage_raises_only_image_errors() -> None:
         except ImageError:
             continue
         assert image.mode == "RGB"
+
+
+# ------------------------------------------------------------------- bounded work (issue #15)
+
+
+def test_strips_are_refused_by_aspect_ratio() -> None:
+    from visnet.images import BadAspectRatioError
+
+    with pytest.raises(BadAspectRatioError, match="60000x1"):
+        load_image(encode(Image.new("L", (60_000, 1)), "PNG"))
+    assert load_image(encode(Image.new("L", (200, 10)), "PNG")).size == (200, 10)
+    with pytest.raises(BadAspectRatioError):
+        load_image(encode(Image.new("L", (200, 10)), "PNG"), ImageLimits(max_aspect=10))
+
+
+def test_decode_bytes_cap_refuses_costly_decoders() -> None:
+    data = encode(Image.new("RGB", (600, 600), RED), "WEBP", lossless=True)
+    assert load_image(data).size == (600, 600)
+    with pytest.raises(ImageTooLargeError, match="WEBP"):  # 18 bytes a pixel: 6.5 MB
+        load_image(data, ImageLimits(max_decode_bytes=6_000_000))
+    assert load_image(data, ImageLimits(max_decode_bytes=7_000_000)).size == (600, 600)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "I;16", "1", "CMYK"])
+def test_max_side_shrinks_every_mode_and_says_the_source_size(fmt: str, mode: str) -> None:
+    from visnet.images import decode_image
+
+    if (fmt == "JPEG") != (mode in ("RGB", "CMYK")) and mode != "RGB":
+        pytest.skip(f"{fmt} holds no {mode} image")
+    source = Image.new("RGB", (301, 150), RED)
+    source.paste(BLUE, (150, 0, 301, 150))
+    if mode == "I;16":
+        source = Image.fromarray(np.full((150, 301), 65535, np.uint16))
+    else:
+        source = source.convert(mode)
+    decoded = decode_image(encode(source, fmt), ImageLimits(max_side=100))
+    assert decoded.image.mode == "RGB" and decoded.image.size == (100, 50)
+    assert decoded.source_size == (301, 150)
+    assert decoded.scale == pytest.approx((3.01, 3.0))
+    if mode in ("RGB", "RGBA", "P", "CMYK"):
+        assert close(decoded.image.getpixel((10, 25)), RED, tol=40)
+        assert close(decoded.image.getpixel((90, 25)), BLUE, tol=40)
+    # below the cap nothing changes: the same pixels as a full-size decode
+    small = encode(source, fmt)
+    assert np.array_equal(
+        np.asarray(load_image(small, ImageLimits(max_side=400))), np.asarray(load_image(small))
+    )
+
+
+def test_shrink_happens_before_exif_rotation() -> None:
+    from visnet.images import decode_image
+
+    decoded = decode_image(rotated_jpeg(6), ImageLimits(max_side=20))
+    assert decoded.image.size == (10, 20) and decoded.source_size == (20, 40)
+    assert decoded.scale == (2.0, 2.0)

@@ -167,3 +167,27 @@ def test_read_jsonl_names_the_file_and_line_of_a_bad_line(
     assert str(info.value) == f"{path}: line 2: {problem}"
     assert (info.value.path, info.value.line) == (path, 2)
     assert isinstance(info.value, ValueError)
+
+
+def test_make_folders_fsyncs_the_parent_of_each_new_folder(tmp_path: Path, monkeypatch) -> None:
+    synced: list[Path] = []
+    real = io.fsync_dir
+    monkeypatch.setattr(io, "fsync_dir", lambda p: (synced.append(Path(p)), real(p))[1])
+    assert io.make_folders(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and synced == [tmp_path, tmp_path / "a"]
+    synced.clear()
+    io.make_folders(tmp_path / "a" / "b")  # already there: nothing to make durable
+    assert synced == []
+
+
+def test_temp_names_are_recognised_and_nothing_else(tmp_path: Path) -> None:
+    seen: list[str] = []
+    with atomic_path(tmp_path / "x.jpg") as tmp:
+        seen.append(tmp.name)
+        tmp.write_bytes(b"x")
+    with atomic_path(tmp_path / "CURRENT") as tmp:  # no suffix
+        seen.append(tmp.name)
+        tmp.write_bytes(b"x")
+    assert all(io.is_temp_name(name) for name in seen)
+    for name in ("x.jpg", ".x.jpg", "abc-0.jpg", ".x.tmp.jpg", "x.0123456789ab.tmp.jpg"):
+        assert not io.is_temp_name(name), name

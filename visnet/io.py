@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,8 @@ __all__ = [
     "atomic_path",
     "fsync_dir",
     "fsync_file",
+    "is_temp_name",
+    "make_folders",
     "read_jsonl",
     "replace_folder",
     "staging_folder",
@@ -49,8 +52,31 @@ def fsync_file(path: Path | str) -> None:
         os.fsync(f.fileno())
 
 
+def make_folders(path: Path | str) -> Path:
+    """``mkdir -p``, durably: the parent of each folder it creates is fsync'd, so a file later
+    written (and fsync'd) inside is not lost with a folder entry that never reached the disk."""
+    target = folder = Path(path)
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_dir(new.parent)
+    return target
+
+
+_TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{12}\.tmp(\.[^.]*)?")
+
+
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of this module's temporary names (``.STEM.<12 hex>.tmpSUFFIX``):
+    a file left by a write that was killed before its rename, when no write is in progress."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 @contextmanager

@@ -104,3 +104,13 @@ def test_recommended_rows_carry_what_a_result_needs_in_one_read(products: Produc
     products.delete("c")
     assert products.recommended_rows("a") == [("b", "tops", "Bee, renamed", 0, pytest.approx(0.9))]
     assert products.recommended_rows("nobody") == []
+
+
+def test_image_refs_finds_every_ref_with_a_prefix(products: ProductStore) -> None:
+    products.upsert(Product("a", "c", images=("index:uploads/a/1.jpg", "photos/1.jpg")))
+    products.upsert(Product("b", "c", images=("index:uploads/b/2.jpg", "index:uploads/a/3.jpg")))
+    products.upsert(Product("c", "c", images=("photos/index:uploads/x.jpg",)))  # not a prefix
+    assert products.image_refs("index:uploads/") == {
+        "index:uploads/a/1.jpg", "index:uploads/b/2.jpg", "index:uploads/a/3.jpg",
+    }  # fmt: skip
+    assert products.image_refs("nothing/") == set()

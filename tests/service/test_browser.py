@@ -190,6 +190,29 @@ def test_phone_width_layout(browser: Any, site: Site) -> None:
     page.context.close()
 
 
+def test_api_docs_render_offline_under_the_content_policy(browser: Any, site: Site) -> None:
+    pytest.importorskip("fastapi_offline", reason="the API docs' Swagger UI files are missing")
+    page = _page(browser)
+    remote: list[str] = []
+    page.context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(site.url)
+            else (remote.append(route.request.url), route.abort())
+        ),
+    )
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if msg.type == "error" else None)
+    page.goto(site.url + "/docs")
+    page.wait_for_selector("#operations-search-search_v1_search_post, .opblock-summary-path")
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/v1/search" in path for path in paths)
+    assert remote == [] and refused == [], (remote, refused)
+    _shot(page, "07-api-docs.png")
+    page.context.close()
+
+
 class _TwoBoxes:
     """A stand-in detector with two fixed objects (the page must draw both boxes)."""
 

@@ -296,6 +296,10 @@ class CatalogIndex:
         """Whether the catalog holds a product with this id."""
         return product_id in self.products
 
+    def image_refs(self, prefix: str) -> set[str]:
+        """Every product's image refs that start with ``prefix`` (``index:uploads/``: uploads)."""
+        return self.products.image_refs(prefix)
+
     def count(self) -> int:
         """Number of products."""
         return self.products.count()

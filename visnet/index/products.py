@@ -187,6 +187,17 @@ class ProductStore:
             cur.execute("DELETE FROM products WHERE id = ?", (product_id,))
         return old
 
+    def image_refs(self, prefix: str) -> set[str]:
+        """Every product's image refs that start with ``prefix``, in one scan (rows whose JSON
+        cannot hold the prefix are skipped without parsing)."""
+        needle = json.dumps(prefix)[1:-1]  # the prefix as the stored JSON text spells it
+        rows = self._query(
+            "SELECT j.value FROM products p, json_each(p.images) j "
+            "WHERE instr(p.images, ?) > 0 AND substr(j.value, 1, ?) = ?",
+            (needle, len(prefix), prefix),
+        )
+        return {r[0] for r in rows}
+
     def list_products(
         self, category: str | None = None, limit: int = -1, offset: int = 0
     ) -> list[Product]:

@@ -10,8 +10,10 @@ Writes go through the same process, so a new product is visible at the very next
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from importlib.resources import files as package_files
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from visnet.service import review_routes, routes
+from visnet.service import files, review_routes, routes
+from visnet.service.docs import install_docs, is_docs_path
 from visnet.service.engine import Engine
 from visnet.service.errors import install_error_handlers
 from visnet.service.guards import ApiKeyMiddleware, BodyLimitMiddleware
@@ -41,24 +44,30 @@ PAGE_POLICY = (
 
 
 class PageHeadersMiddleware:
-    """Security headers on every response; a strict content policy on the web page's files."""
+    """Security headers on every response; a strict content policy on the web page's files and
+    on the API docs (``docs_policy``: the same, with the docs page's inline script's hash)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, docs_policy: str = PAGE_POLICY) -> None:
+        self.app, self.docs_policy = app, docs_policy
+
+    def _policy(self, path: str) -> str | None:
+        if path == "/" or path.startswith("/static/"):
+            return PAGE_POLICY
+        return self.docs_policy if is_docs_path(path) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+        policy = self._policy(scope["path"])
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"referrer-policy", b"no-referrer"))
-                if page:
-                    headers.append((b"content-security-policy", PAGE_POLICY.encode()))
+                if policy is not None:
+                    headers.append((b"content-security-policy", policy.encode()))
                     headers.append((b"x-frame-options", b"DENY"))
                 message["headers"] = headers
             await send(message)
@@ -71,7 +80,9 @@ def _lifespan(settings: ServiceSettings, metrics: Metrics) -> Any:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.review_queue is not None:  # checked first: a bad path fails before loading
             app.state.review = review_routes.ReviewDesk(settings.review_queue, settings.review_root)
+        started = time.time()  # temporary files older than this are no write of this process
         engine = await run_in_threadpool(Engine.load, settings, metrics)
+        await run_in_threadpool(_remove_litter, engine, metrics, started)
         metrics.bind(
             products=lambda: float(engine.product_count()),
             fresh=lambda: float(engine.recommendations.fresh),
@@ -88,6 +99,18 @@ def _lifespan(settings: ServiceSettings, metrics: Metrics) -> Any:
     return lifespan
 
 
+def _remove_litter(engine: Engine, metrics: Metrics, started: float) -> None:
+    """Clean what killed writes left, with the index locked and before any write is served."""
+    try:
+        litter = files.remove_litter(engine.index, before=started)
+    except OSError:  # litter is harmless to serve with: never a reason not to start
+        log.exception("could not remove interrupted writes' litter from %s", engine.index.path)
+        return
+    for kind, count in asdict(litter).items():
+        metrics.litter.labels(kind).set(count)
+    log.info("startup removed from %s: %s", engine.index.path, litter)
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     """The service for one index and model; nothing loads until the server starts (lifespan)."""
     metrics = Metrics()
@@ -96,7 +119,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         version="1",
         summary="Visual search and visual recommendation for an e-commerce catalog.",
         lifespan=_lifespan(settings, metrics),
-        docs_url="/docs",
+        docs_url=None,  # served from the installed package by install_docs, never a CDN
         redoc_url=None,
     )
     app.state.settings, app.state.metrics = settings, metrics
@@ -105,6 +128,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(review_routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    docs_policy = install_docs(app, PAGE_POLICY)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -118,7 +142,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     # the key and the size cap, both before the body is read
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
-    app.add_middleware(PageHeadersMiddleware)
+    app.add_middleware(PageHeadersMiddleware, docs_policy=docs_policy)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 IMAGE_STATUS = {
     "not_an_image": 400,
     "truncated_image": 400,
+    "bad_aspect_ratio": 400,
     "image_too_large": 413,
     "unsupported_image": 415,
 }
@@ -38,8 +39,9 @@ HTTP_CODES = {
     413: "upload_too_large",
 }
 WHEN = {  # what each documented error status means, for /openapi.json
-    400: "the body cannot be parsed, or an upload is not an image or is truncated "
-    "(`bad_request`, `not_an_image`, `truncated_image`)",
+    400: "the body cannot be parsed, or an upload is not an image, is truncated, or is a strip "
+    "too long for its width (`bad_request`, `not_an_image`, `truncated_image`, "
+    "`bad_aspect_ratio`)",
     401: "the X-API-Key header is missing (`unauthorized`)",
     403: "the X-API-Key header is wrong, or writes are disabled (`wrong_api_key`, "
     "`writes_disabled`)",
@@ -65,7 +67,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def image_error(exc: ImageError) -> ApiError:
-    """An images.py error -> 400 (not an image, truncated), 413 (too large), 415 (unsupported)."""
+    """An images.py error -> 400 (not an image, truncated, bad aspect ratio), 413 (too large),
+    415 (unsupported)."""
     return ApiError(IMAGE_STATUS.get(exc.code, 400), exc.code, str(exc))
 
 

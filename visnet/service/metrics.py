@@ -65,6 +65,13 @@ class Metrics:
         self.ready = Gauge(
             "visnet_ready", "1 when the model and the index are loaded.", registry=self.registry
         )
+        self.litter = Gauge(
+            "visnet_startup_litter_removed",
+            "What startup removed from the index folder, left by writes a kill interrupted "
+            "(orphan_folders, stale_images, temp_files).",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def bind(self, products: Callable[[], float], fresh: Callable[[], float]) -> None:
         """Read the index gauges from callbacks at scrape time (never stale, no bookkeeping)."""

@@ -54,7 +54,17 @@ class ServiceSettings(BaseSettings):
     max_objects: int = Field(5, ge=1)
     catalog_root: Path | None = None  # default: build.json's catalog_root
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)  # the whole request body
+    # Every upload is checked from its header (pixels, decode bytes, aspect ratio), decoded by at
+    # most `decode_workers` threads at once and shrunk at once to `max_image_side`: one decode
+    # holds at most `max_decode_bytes` plus a reduced copy (under 300 MB at the defaults,
+    # measured in tests/service/test_hostile_images.py); all decodes together at most
+    # decode_workers times that. See visnet.images.ImageLimits.
     max_pixels: int = Field(40_000_000, ge=1)
+    max_decode_bytes: int = Field(200_000_000, ge=1)
+    max_aspect_ratio: float = Field(20.0, ge=1.0)  # longer side / shorter side
+    # the detector resizes to 800-1333 px and the model to its input size: 2048 loses nothing
+    max_image_side: int = Field(2048, ge=64)
+    decode_workers: int = Field(2, ge=1)  # uploads decoded at once
     max_images_per_product: int = Field(8, ge=1)
     # length of the stored recommendation lists; a /similar asking for more is answered live
     precompute_k: int = Field(DEFAULT_K, ge=1)
