@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--index", type=Path, default=Path("data/demo-index"))
     p.add_argument("--model", default="models/visnet-default.pt")
-    p.add_argument("--detector", default=None)
+    p.add_argument("--detector", default="models/detector-default.pt", help='"": none')
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("docs/real-photos.png"))
     return p.parse_args()
@@ -75,7 +75,7 @@ def main() -> None:
     if not photos:
         raise SystemExit("no real photographs found: install scikit-image and scikit-learn")
     settings = load_settings(
-        index=args.index, model=args.model, detector=args.detector, compute_threads=1
+        index=args.index, model=args.model, detector=args.detector or None, compute_threads=1
     )
     rows = []
     with (
