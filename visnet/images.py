@@ -355,7 +355,9 @@ def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
     import numpy as np
 
     # I;16* modes are 16-bit by declaration; only a plain "I" image needs its range guessed
-    sixteen = image.mode.startswith("I;16") or int(image.getextrema()[1]) > 255
+    extrema = image.getextrema()  # (low, high) for a one-band image
+    high = extrema[1] if isinstance(extrema[1], int | float) else 0
+    sixteen = image.mode.startswith("I;16") or int(high) > 255
     peak = 65535 if sixteen else 255
     out = Image.new("L", image.size)
     for top, strip in _strips(image):
