@@ -453,11 +453,18 @@ def _plot_history(history: Path, path: Path) -> None:
     losses = [r for r in records if "loss" in r]
     left.plot([r["step"] for r in losses], [r["loss"] for r in losses], lw=0.6)
     left.set(xlabel="step", ylabel="loss", title="training loss")
-    for key in ("recall@1", "recall@5", "recall@20"):
+    for key, style in (
+        ("recall@1", "-"),
+        ("recall@5", "-"),
+        ("recall@20", "-"),
+        ("val_other_view@1", "--"),
+        ("val_variant_auc", "--"),
+    ):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
-            right.plot(*zip(*points, strict=True), marker="o", label=key)
-    right.set(xlabel="step", ylabel="recall", title="validation street-to-shop recall", ylim=(0, 1))
+            label = key.removeprefix("val_")
+            right.plot(*zip(*points, strict=True), style, marker="o", label=label)
+    right.set(xlabel="step", ylabel="held-out products", title="validation", ylim=(0, 1))
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
