@@ -162,6 +162,10 @@ def detect_train(
         _detect("max_size"), help="Cap on the longer side (0: the arch's default)."
     ),
     seed: int = typer.Option(_detect("seed"), help="Random seed; the same seed reproduces a run."),
+    val_fraction: float = typer.Option(
+        _detect("val_fraction"),
+        help="Share of training products whose photos are held out (detect eval --split val).",
+    ),
     pretrained_backbone: str | None = typer.Option(
         None,
         help="Backbone weights: a local torchvision classifier state dict; for "
@@ -192,6 +196,7 @@ def detect_train(
             min_size=min_size,
             max_size=max_size,
             pretrained_backbone=pretrained_backbone or None,
+            val_fraction=val_fraction,
             checkpoint_every=checkpoint_every,
             threads=threads,
         )
@@ -204,7 +209,12 @@ def detect_train(
 def detect_eval(
     data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
     model: Path = typer.Option(..., "--model", help="Detector weights (RUN/detector.pt)."),
-    split: str = typer.Option("test", "--split", help="Which street photos to score."),
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="Which street photos to score: test, train, or val (the training photos "
+        "`detect train` holds out by default).",
+    ),
     limit: int = typer.Option(0, help="Score at most this many photos (0: all)."),
     out: Path | None = typer.Option(None, "--out", help="Also write the metrics to FILE.json."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),

@@ -334,7 +334,26 @@ def test_evaluate_detector_on_the_synthetic_set(data_dir, categories):
         assert 0.0 <= result[key] <= 1.0
     assert result["ms_per_photo_median"] > 0
     with pytest.raises(ValueError, match="unknown split"):
-        evaluate_detector(_detector(categories), data_dir, split="val")
+        evaluate_detector(_detector(categories), data_dir, split="dev")
+
+
+def test_training_holds_out_the_photos_of_validation_products(data_dir, categories):
+    from visnet.data.splits import validation_pairs, validation_products
+    from visnet.detect.settings import DetectTrainSettings
+
+    data = read_set(data_dir)
+    defaults = DetectTrainSettings()
+    held = validation_products(data, defaults.val_fraction, defaults.seed)
+    train, val = validation_pairs(data, held)
+    assert held and val and len(train) + len(val) == len(data.pairs["train"])
+    val_photos = {pair.photo for pair in val}
+    assert not val_photos & {pair.photo for pair in train}  # no photo on both sides
+    assert {pair.product for pair in train}.isdisjoint(held)
+    photos = TrainPhotos(data, list(categories), pairs=train)
+    assert {data.photo_path(p) for p in val_photos}.isdisjoint({ph.path for ph in photos.photos})
+    # `--split val` scores exactly the held-out photos
+    result = evaluate_detector(_detector(categories), data_dir, split="val", score_threshold=0.0)
+    assert result["photos"] == len(val_photos) and result["split"] == "val"
 
 
 # ---------------------------------------------------------------------------------------- crops

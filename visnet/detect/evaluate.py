@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from visnet.data.splits import VAL, validation_pairs, validation_products
 from visnet.data.street2shop import read_set
 from visnet.detect.detector import Detections, Detector
+from visnet.detect.settings import DetectTrainSettings
 from visnet.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -127,14 +129,20 @@ def evaluate_detector(
     score_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Run `detector` on every street photo of `split` and score it against the true boxes.
+    `split` "val" is the part of the train split `visnet detect train` holds out by default.
 
     Missing or unreadable photos are skipped and counted. Times are per photo, one at a time,
     decoding excluded. `score_threshold` overrides the detector's for this run.
     """
     data = read_set(data_dir)
-    if split not in data.pairs:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(data.pairs)}")
-    truths = _truths(data, split)
+    if split == VAL:  # the training photos `visnet detect train` held out (its defaults)
+        defaults = DetectTrainSettings()
+        held = validation_products(data, defaults.val_fraction, defaults.seed)
+        truths = _truths(validation_pairs(data, held)[1])
+    elif split in data.pairs:
+        truths = _truths(data.pairs[split])
+    else:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join([*data.pairs, VAL])}")
     if limit:
         truths = dict(list(truths.items())[:limit])
     if score_threshold is not None:
@@ -153,11 +161,11 @@ def evaluate_detector(
     return result
 
 
-def _truths(data: Any, split: str) -> dict[int, GroundTruth]:
+def _truths(pairs: list[Any]) -> dict[int, GroundTruth]:
     """Photo -> its true boxes (a photo may appear in several pairs, one box each)."""
     boxes: dict[int, list[tuple[float, ...]]] = {}
     labels: dict[int, list[str]] = {}
-    for pair in data.pairs[split]:
+    for pair in pairs:
         boxes.setdefault(pair.photo, []).append(pair.bbox.as_xyxy())
         labels.setdefault(pair.photo, []).append(pair.category)
     return {

@@ -31,6 +31,9 @@ class DetectTrainSettings:
     box_head_dim: int = 0
     flip: float = 0.5  # probability of a horizontal flip
     seed: int = 0
+    # street photos showing this share of the training products (whole colour-variant groups,
+    # `visnet.data.splits`) are held out: `visnet detect eval --split val` scores them
+    val_fraction: float = 0.1
     # a local torchvision classifier state dict; for an arch with packaged ImageNet weights
     # (efficientnet_lite0_fpn) unset means those, a path a file in their format, "none" random
     pretrained_backbone: str | None = None
@@ -44,6 +47,8 @@ class DetectTrainSettings:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if not 0.0 <= self.flip <= 1.0:
             raise ValueError(f"flip is a probability; got {self.flip}")
 

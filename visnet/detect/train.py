@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from visnet.data.splits import validation_pairs, validation_products
 from visnet.data.street2shop import Street2ShopSet, read_set
 from visnet.detect.detector import (
     Detector,
@@ -65,10 +66,17 @@ class _Photo:
 class TrainPhotos:
     """The street photos of one split with their boxes; draws augmented batches."""
 
-    def __init__(self, data: Street2ShopSet, categories: list[str], split: str = "train") -> None:
+    def __init__(
+        self,
+        data: Street2ShopSet,
+        categories: list[str],
+        split: str = "train",
+        pairs: list[Any] | None = None,
+    ) -> None:
+        """`pairs` (default: all of `split`) are the pairs whose photos are drawn."""
         index = {c: i + 1 for i, c in enumerate(categories)}
         grouped: dict[int, list[Any]] = {}
-        for pair in data.pairs[split]:
+        for pair in data.pairs[split] if pairs is None else pairs:
             grouped.setdefault(pair.photo, []).append(pair)
         self.photos: list[_Photo] = []
         for photo, pairs in grouped.items():
@@ -149,7 +157,12 @@ def run_training(data_dir: str | Path, out: str | Path, settings: DetectTrainSet
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     data = read_set(data_dir)
     categories = data.categories
-    photos = TrainPhotos(data, categories)
+    held = validation_products(data, settings.val_fraction, settings.seed)
+    train_pairs, val_pairs = validation_pairs(data, held)
+    if held:
+        photos_held = len({p.photo for p in val_pairs})
+        log.info("held out for validation: %d photos of %d products", photos_held, len(held))
+    photos = TrainPhotos(data, categories, pairs=train_pairs)
     run = _start(settings, categories, data_dir, out)
     started, history = time.time(), out / "history.jsonl"
     bar = tqdm(total=settings.steps, initial=run.step, desc="detect", disable=not settings.progress)

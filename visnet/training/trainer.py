@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from visnet.data.catalog import read_side_info, side_attribute
+from visnet.data.splits import validation_products, variant_groups
 from visnet.data.street2shop import read_set
 from visnet.embed.registry import create_embedder
 from visnet.eval.cache import data_fingerprint
@@ -171,7 +171,7 @@ def _validation(
 ) -> Callable[..., dict[str, float]]:
     """Validation of `model` on `val_rows`: street-to-shop over every train-split product, and
     the colour-variant figures where the data set has variants."""
-    variants = _variant_groups(Path(settings.data), [p.product for p in val_rows])
+    variants = variant_groups(settings.data, [p.product for p in val_rows])
     return functools.partial(
         validation_recall,
         model,
@@ -185,29 +185,9 @@ def _validation(
 
 def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list[ProductViews]]:
     """Train products, less a validation share held out by shape (colour variants together)."""
-    products = sorted({p.product for p in data.pairs["train"]})
-    if not products:
-        raise ValueError(f"{settings.data}: the train split has no street photos to learn from")
-    groups = _variant_groups(Path(settings.data), products)
-    names = sorted(set(groups.values()))
-    rng = np.random.default_rng(settings.seed + 1)
-    count = int(round(settings.val_fraction * len(names)))
-    held_groups = set(rng.choice(names, count, replace=False).tolist()) if count else set()
-    held = {p for p in products if groups[p] in held_groups}
-    if settings.val_categories:  # whole categories held out: does it generalise to new kinds?
-        wanted = {c.strip() for c in settings.val_categories.split(",") if c.strip()}
-        category = {pair.product: pair.category for pair in data.pairs["train"]}
-        unknown = wanted - set(category.values())
-        if unknown:
-            raise ValueError(f"val_categories {sorted(unknown)} not in the train split")
-        held = {p for p in products if category[p] in wanted}
-    return product_table(data, set(products) - held), product_table(data, held)
-
-
-def _variant_groups(root: Path, products: list[int]) -> dict[int, str]:
-    """Product -> shape group, from catalog.jsonl's `variant_of` where the set has one."""
-    bases = side_attribute(read_side_info(root), "variant_of")
-    return {p: bases.get(p, str(p)) for p in products}
+    held = validation_products(data, settings.val_fraction, settings.seed, settings.val_categories)
+    products = {p.product for p in data.pairs["train"]}
+    return product_table(data, products - held), product_table(data, held)
 
 
 def _sampler(
@@ -379,7 +359,7 @@ def _cached(
     pairs = CachedPairSampler(
         rows,
         cache,
-        groups=_variant_groups(Path(settings.data), products),
+        groups=variant_groups(settings.data, products),
         variant_fraction=settings.variant_fraction,
         street_fraction=settings.street_fraction,
         same_category_fraction=settings.same_category_fraction,
