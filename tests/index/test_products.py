@@ -65,6 +65,48 @@ def test_list_count_and_categories(products: ProductStore) -> None:
     assert products.count("tops") == 3 and "p3" not in products
 
 
+def test_keyset_pages_cover_each_product_once_in_id_order(products: ProductStore) -> None:
+    ids = ["a", "B", "a-1", "a.1", "a_1", "Z9", "z", "0", "a1", "A"]
+    for i, pid in enumerate(ids):
+        products.upsert(Product(pid, "tops" if i % 3 else "shoes"))
+    for category in (None, "tops", "shoes", "hats"):
+        for limit in (1, 3, 100):
+            seen, after = [], ""
+            while page := products.page(category, after, limit):
+                assert len(page) <= limit
+                seen += page
+                after = page[-1].id
+            want = products.list_products(category) if category != "hats" else []
+            assert seen == want, (category, limit)
+    assert [p.id for p in products.list_products()] == sorted(ids)  # byte order, as SQLite's
+    assert products.page(None, "a", 2) == products.list_products()[5:7]
+
+
+def test_keyset_pages_seek_an_index_and_never_sort(products: ProductStore) -> None:
+    for category, params in ((None, ["", 5]), ("tops", ["tops", "", 5])):
+        where = "id > ?" if category is None else "category = ? AND id > ?"
+        sql = f"EXPLAIN QUERY PLAN SELECT * FROM products WHERE {where} ORDER BY id LIMIT ?"
+        plan = " ".join(row[-1] for row in products._query(sql, params))
+        assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_an_old_category_index_is_replaced_on_open(tmp_path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE products (id TEXT PRIMARY KEY, category TEXT NOT NULL, "
+            "title TEXT NOT NULL, images TEXT NOT NULL, attributes TEXT NOT NULL, "
+            "created TEXT NOT NULL, updated TEXT NOT NULL)"
+        )
+        db.execute("CREATE INDEX products_category ON products (category)")
+    store = ProductStore(path)
+    try:
+        names = {r[0] for r in store._query("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "products_category_id" in names and "products_category" not in names
+    finally:
+        store.close()
+
+
 def test_vector_ids_are_fresh_and_pending_until_owned(products: ProductStore) -> None:
     first = products.reserve_vector_ids(3)
     assert first.tolist() == [0, 1, 2] and products.pending_vector_ids().tolist() == [0, 1, 2]

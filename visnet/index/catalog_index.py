@@ -300,6 +300,11 @@ class CatalogIndex:
         """Every product's image refs that start with ``prefix`` (``index:uploads/``: uploads)."""
         return self.products.image_refs(prefix)
 
+    def page(self, category: str | None = None, after: str = "", limit: int = 50) -> list[Product]:
+        """Up to ``limit`` products with ids after ``after`` in id order, optionally of one
+        category (an unknown one: none); page on by passing the last id as ``after``."""
+        return self.products.page(category, after, limit)
+
     def count(self) -> int:
         """Number of products."""
         return self.products.count()

@@ -20,7 +20,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id TEXT PRIMARY KEY, category TEXT NOT NULL, title TEXT NOT NULL,
     images TEXT NOT NULL, attributes TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS products_category ON products (category);
+DROP INDEX IF EXISTS products_category;
+CREATE INDEX IF NOT EXISTS products_category_id ON products (category, id);
 CREATE TABLE IF NOT EXISTS vectors (
     vector_id INTEGER PRIMARY KEY,
     product_id TEXT NOT NULL REFERENCES products (id) ON DELETE CASCADE, view INTEGER NOT NULL);
@@ -205,6 +206,17 @@ class ProductStore:
         where, params = ("WHERE category = ?", [category]) if category else ("", [])
         sql = f"SELECT {_COLUMNS} FROM products {where} ORDER BY id LIMIT ? OFFSET ?"
         return [_row_to_product(r) for r in self._query(sql, [*params, limit, offset])]
+
+    def page(self, category: str | None = None, after: str = "", limit: int = 50) -> list[Product]:
+        """Up to ``limit`` products with ids after ``after``, ordered by id, optionally of one
+        category: a keyset page, one seek in the id index (or the ``(category, id)`` index) and
+        ``limit`` rows read however deep the page, where OFFSET would read every row before it."""
+        if category is None:
+            where, params = "WHERE id > ?", [after]
+        else:
+            where, params = "WHERE category = ? AND id > ?", [category, after]
+        sql = f"SELECT {_COLUMNS} FROM products {where} ORDER BY id LIMIT ?"
+        return [_row_to_product(r) for r in self._query(sql, [*params, limit])]
 
     def count(self, category: str | None = None) -> int:
         """Number of products, optionally of one category."""

@@ -7,7 +7,9 @@ from typing import Literal, NamedTuple
 
 from PIL import Image
 
-__all__ = ["Match", "ObjectResults", "SearchObject", "SearchResults", "Similar"]
+from visnet.index.products import Product
+
+__all__ = ["Match", "ObjectResults", "ProductPage", "SearchObject", "SearchResults", "Similar"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,12 @@ class Similar:
     product_id: str
     source: Literal["precomputed", "live"]
     matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    """One page of the catalog listing, in id order."""
+
+    products: tuple[Product, ...]
+    next_cursor: str | None  # the last product's id when more follow; None on the last page
+    total: int  # products in the category listed (the whole catalog when none is)

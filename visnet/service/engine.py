@@ -27,7 +27,14 @@ from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Product
 from visnet.index.refs import product_image
 from visnet.service import files
-from visnet.service.answers import Match, ObjectResults, SearchObject, SearchResults, Similar
+from visnet.service.answers import (
+    Match,
+    ObjectResults,
+    ProductPage,
+    SearchObject,
+    SearchResults,
+    Similar,
+)
 from visnet.service.freshness import Recommendations
 from visnet.service.metrics import Metrics
 from visnet.service.settings import ServiceSettings
@@ -334,6 +341,18 @@ class Engine:
             if generation == self.recommendations.generation:
                 self._categories = found
         return found
+
+    def browse(self, category: str | None, cursor: str | None, limit: int) -> ProductPage:
+        """One page of the catalog in id order, optionally of one category (an unknown one gives
+        an empty page): the products with ids after ``cursor``. One keyset read of ``limit + 1``
+        rows (the extra one says whether a next page exists); the total comes from the cached
+        category counts."""
+        found = self.index.page(category, cursor or "", limit + 1)
+        more = len(found) > limit
+        products = tuple(found[:limit])
+        counts = self.categories()
+        total = sum(counts.values()) if category is None else counts.get(category, 0)
+        return ProductPage(products, products[-1].id if more else None, total)
 
     def image_file(self, product_id: str, view: int) -> Path | None:
         """The file of one product view, under the catalog root or the uploads folder; else None."""

@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, Response
 
 from visnet.index.products import Product
 from visnet.service import files
-from visnet.service.answers import Match, ObjectResults, SearchResults, Similar
+from visnet.service.answers import Match, ObjectResults, ProductPage, SearchResults, Similar
 from visnet.service.engine import Engine
 from visnet.service.errors import ApiError, errors
 from visnet.service.guards import API_KEY
@@ -23,13 +23,16 @@ from visnet.service.metrics import CONTENT_TYPE_LATEST
 from visnet.service.schemas import (
     CATEGORY_PATTERN,
     DEFAULT_K,
+    DEFAULT_PAGE,
     MAX_K,
+    MAX_PAGE,
     PRODUCT_ID_PATTERN,
     CategoriesOut,
     CategoryOut,
     DeletedOut,
     HealthOut,
     ProductOut,
+    ProductsOut,
     QueryOut,
     ReadyOut,
     ResultOut,
@@ -107,6 +110,11 @@ def search_out(found: SearchResults) -> SearchOut:
     return SearchOut(queries=[query_out(obj) for obj in found.objects], took_ms=took_ms)
 
 
+def products_out(page: ProductPage) -> ProductsOut:
+    products = [product_out(product) for product in page.products]
+    return ProductsOut(products=products, next_cursor=page.next_cursor, total=page.total)
+
+
 def product_out(product: Product) -> ProductOut:
     return ProductOut(
         id=product.id,
@@ -161,6 +169,28 @@ async def similar(
 
 
 # ---- products ----------------------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/products", response_model=ProductsOut, responses=errors(422, 503), tags=["products"]
+)
+async def list_products(
+    engine: EngineDep,
+    category: Annotated[
+        str | None, Query(pattern=CATEGORY_PATTERN, description="list this category only")
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=PRODUCT_ID_PATTERN,
+            description="the `next_cursor` of the previous page; none: the first page",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="products per page")] = DEFAULT_PAGE,
+) -> ProductsOut:
+    """Browse the catalog a page at a time, in product id order, optionally one category (an
+    unknown category gives an empty page). `GET /v1/categories` lists the categories."""
+    return products_out(await run_in_threadpool(engine.browse, category, cursor, limit))
 
 
 @router.get(

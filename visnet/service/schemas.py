@@ -9,7 +9,9 @@ from pydantic import BaseModel, Field
 __all__ = [
     "CATEGORY_PATTERN",
     "DEFAULT_K",
+    "DEFAULT_PAGE",
     "MAX_K",
+    "MAX_PAGE",
     "PRODUCT_ID_PATTERN",
     "CategoriesOut",
     "CategoryOut",
@@ -17,6 +19,7 @@ __all__ = [
     "ErrorOut",
     "HealthOut",
     "ProductOut",
+    "ProductsOut",
     "QueryOut",
     "ReadyOut",
     "ResultOut",
@@ -32,6 +35,7 @@ __all__ = [
 PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$"  # no leading dot: never "." or ".."
 CATEGORY_PATTERN = r"^[A-Za-z0-9_.\- ]{1,64}$"
 DEFAULT_K, MAX_K = 20, 100  # results per list: when not asked, and at most
+DEFAULT_PAGE, MAX_PAGE = 24, 100  # products per catalog page: when not asked, and at most
 
 
 class ErrorOut(BaseModel):
@@ -83,6 +87,16 @@ class ProductOut(BaseModel):
     attributes: dict[str, Any]
     created: str | None
     updated: str | None
+
+
+class ProductsOut(BaseModel):
+    products: list[ProductOut] = Field(description="this page's products, in id order")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null: this is the last page"
+    )
+    total: int = Field(
+        description="products in the category listed (the whole catalog when none is)"
+    )
 
 
 class DeletedOut(BaseModel):
