@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from typer.testing import CliRunner
 
 from visnet.data.street2shop import read_set
-from visnet.data.synthetic import make_synthetic_set
 from visnet.detect import (
     Detections,
     Detector,
@@ -34,27 +32,6 @@ from visnet.detect.train import TrainPhotos, train_step
 
 FAST = {"arch": "mobilenet_v3_large_320_fpn", "min_size": 128, "max_size": 128}
 TRAIN = {**FAST, "batch_size": 1, "threads": 1, "progress": False, "checkpoint_every": 1}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a busy two-core machine run several times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_set(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def categories(data_dir) -> tuple[str, ...]:
-    return tuple(read_set(data_dir).categories)
 
 
 def _detector(categories, **settings) -> Detector:

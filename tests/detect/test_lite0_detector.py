@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,8 +13,6 @@ from PIL import Image
 from timm.layers import FrozenBatchNormAct2d
 from torch import nn
 
-from visnet.data.street2shop import read_set
-from visnet.data.synthetic import make_synthetic_set
 from visnet.detect import Detections, Detector, DetectorConfig, get_arch, list_archs
 from visnet.detect.detector import build_model, freeze_batchnorm, load_backbone_weights, to_tensor
 from visnet.detect.settings import DetectTrainSettings
@@ -37,26 +34,6 @@ SAMPLES = {
     "conv_stem.weight": "_conv_stem.weight",
     "blocks.6.0.conv_pwl.weight": "_blocks.15._project_conv.weight",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_set(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def categories(data_dir) -> tuple[str, ...]:
-    return tuple(read_set(data_dir).categories)
 
 
 @pytest.fixture(scope="module")

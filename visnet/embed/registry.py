@@ -150,13 +150,11 @@ def _onnx(path: Path, batch_size: int) -> Embedder:
 def _checkpoint(path: Path, backend: Backend, batch_size: int) -> Embedder:
     from visnet.model.embedder import ModelEmbedder, bfloat16_on_amx, grouped_convolutions
 
-    if backend in ("torch", "torch-bf16", "auto"):
+    if backend in ("torch", "torch-bf16") or (backend == "auto" and bfloat16_on_amx()):
         torch_embedder = ModelEmbedder.from_checkpoint(
             path, batch_size=batch_size, precision="float32" if backend == "torch" else "bfloat16"
         )
-        if backend != "auto" or (
-            bfloat16_on_amx() and not grouped_convolutions(torch_embedder.model)
-        ):
+        if backend != "auto" or not grouped_convolutions(torch_embedder.model):
             log.info("%s: torch, %s", path, torch_embedder.precision)
             return torch_embedder
     return _onnx(_exported(path), batch_size)
@@ -179,8 +177,9 @@ def _exported(path: Path) -> Path:
     from visnet.embed.onnx import export_onnx
     from visnet.model.checkpoint import fingerprint, read_checkpoint
 
-    args = json.dumps(read_checkpoint(path)["model_args"], sort_keys=True).encode()
-    name = f"{fingerprint(path)}-{hashlib.sha256(args).hexdigest()[:8]}.onnx"
+    payload = read_checkpoint(path)  # read once: the weights' fingerprint and the arguments
+    args = json.dumps(payload["model_args"], sort_keys=True).encode()
+    name = f"{fingerprint(payload['state_dict'])}-{hashlib.sha256(args).hexdigest()[:8]}.onnx"
     try:
         target = onnx_cache_dir() / name
         if not target.is_file():

@@ -135,13 +135,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Vi
     return model, metadata
 
 
-def fingerprint(model_or_path: torch.nn.Module | str | Path, length: int = 16) -> str:
+def fingerprint(
+    model_or_path: torch.nn.Module | Mapping[str, torch.Tensor] | str | Path, length: int = 16
+) -> str:
     """Short sha256 of the weights as loaded (float32), so indexes can name their model.
 
-    A checkpoint path and the model loaded from it give the same fingerprint.
+    A checkpoint path, its stored state dict and the model loaded from it give the same
+    fingerprint.
     """
     if isinstance(model_or_path, torch.nn.Module):
         state = model_or_path.state_dict()
+    elif isinstance(model_or_path, Mapping):
+        state = dict(model_or_path)
     else:
         state = read_checkpoint(model_or_path)["state_dict"]
     digest = hashlib.sha256()
