@@ -166,6 +166,11 @@ def detect_train(
         _detect("val_fraction"),
         help="Share of training products whose photos are held out (detect eval --split val).",
     ),
+    others: float = typer.Option(
+        _detect("others"),
+        help="Train the other products a photo shows (street_objects.json) when at least this "
+        "share of each is in view; above 1: only the pair's box.",
+    ),
     pretrained_backbone: str | None = typer.Option(
         None,
         help="Backbone weights: a local torchvision classifier state dict; for "
@@ -197,6 +202,7 @@ def detect_train(
             max_size=max_size,
             pretrained_backbone=pretrained_backbone or None,
             val_fraction=val_fraction,
+            others=others,
             checkpoint_every=checkpoint_every,
             threads=threads,
         )
@@ -240,6 +246,38 @@ def detect_eval(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
     typer.echo(text)
+
+
+@detect_app.command("calibrate")
+def detect_calibrate(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
+    model: Path = typer.Option(..., "--model", help="Detector weights (RUN/detector.pt)."),
+    out: Path = typer.Option(..., "--out", help="Write the calibrated detector here."),
+    split: str = typer.Option(
+        "val", "--split", help="Photos to fit on: val (held out of training), never test."
+    ),
+    precision: float = typer.Option(
+        0.95, min=0.0, max=1.0, help="Categories trusted from the score where they are this right."
+    ),
+    plot: Path | None = typer.Option(None, "--plot", help="Draw the reliability diagram (PNG)."),
+    limit: int = typer.Option(0, help="Fit on at most this many photos (0: all)."),
+) -> None:
+    """Fit the category temperature and the trust threshold on held-out photos (see
+    visnet/detect/calibrate.py); the service filters by a detected category from that score."""
+    from visnet.detect.calibrate import calibrate_detector, plot_reliability
+    from visnet.detect.detector import Detector
+
+    try:
+        detector = Detector.load(model)
+        found = calibrate_detector(detector, data, split, precision, limit or None)
+        detector.metadata["calibration"] = {"split": split, **found.to_dict()}
+        detector.save(out, extra=detector.metadata, half=True)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if plot:
+        plot_reliability(found, plot)
+    typer.echo(json.dumps({"split": split, **found.to_dict()}, indent=2))
+    typer.echo(f"wrote {out}")
 
 
 # ------------------------------------------------------------------------------------------ eval

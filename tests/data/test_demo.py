@@ -65,6 +65,20 @@ def test_boxes_lie_inside_their_photos(demo: Path) -> None:
         assert pair.bbox.width >= 8 and pair.bbox.height >= 8
 
 
+def test_other_products_in_street_photos_are_recorded(demo: Path) -> None:
+    data = read_set(demo)
+    assert data.objects, "clutter is pasted into most photos; its boxes must be recorded"
+    street = {p.photo for split in data.pairs.values() for p in split}
+    products = data.products()
+    for item in data.objects:
+        assert item.photo in street and 0 < item.visible <= 1
+        if item.product is not None:
+            assert products[item.product] == item.category
+        with Image.open(data.photo_path(item.photo)) as image:
+            assert item.bbox.left + item.bbox.width <= image.width
+            assert item.bbox.top + item.bbox.height <= image.height
+
+
 def test_same_seed_same_metadata(demo: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     build_demo(again, SETTINGS)
@@ -94,6 +108,19 @@ def test_cutout_rejects_small_and_blank_images() -> None:
     canvas = Image.new("RGBA", (300, 300), (200, 200, 200, 255))
     with pytest.raises(compose.RejectedImage, match="blank"):
         compose.make_cutout(canvas)
+
+
+def test_layers_box_what_stays_visible() -> None:
+    layers = compose._Layers(100, 80)
+    square = Image.new("RGBA", (40, 40), (255, 0, 0, 255))
+    under = layers.add(square, 10, 10)  # covers x 10..49, y 10..49
+    over = layers.add(square, 30, 10)  # hides x 30..49 of the first
+    edge = layers.add(square, 80, 60)  # only 20x20 of it inside the frame
+    assert layers.visible(under) == ((10, 10, 20, 40), pytest.approx(0.5))
+    assert layers.visible(over) == ((30, 10, 40, 40), pytest.approx(1.0))
+    assert layers.visible(edge) == ((80, 60, 20, 20), pytest.approx(0.25))
+    hidden = layers.add(Image.new("RGBA", (5, 5), (0, 0, 0, 255)), 200, 200)
+    assert layers.visible(hidden) == ((0, 0, 0, 0), 0.0)
 
 
 def test_cutout_crops_to_content_and_hue_shift_changes_colour() -> None:

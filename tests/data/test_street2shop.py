@@ -13,6 +13,7 @@ from visnet.data.street2shop import (
     DataFormatError,
     ShopImage,
     Street2ShopSet,
+    StreetObject,
     StreetPair,
     check_images,
     photo_path,
@@ -37,6 +38,9 @@ def small_set(root: Path) -> Street2ShopSet:
     }
     urls = {1: "http://x/1.jpg", 2: "http://x/2.jpg", 100: "http://x/100.jpg"}
     return Street2ShopSet(root=root, shop=shop, pairs=pairs, urls=urls)
+
+
+BOX = {"left": 0, "top": 0, "width": 4, "height": 4}
 
 
 def meta(root: Path) -> Path:
@@ -168,3 +172,34 @@ def test_missing_images_are_counted_not_raised(tmp_path: Path) -> None:
     assert report.street_photos == 3
     assert photo_path(tmp_path, 4) == tmp_path / "photos" / "4.png"
     assert loaded.photo_path(2) is None
+
+
+def test_street_objects_round_trip_and_are_optional(tmp_path: Path) -> None:
+    original = small_set(tmp_path)
+    write_set(original)
+    assert not (meta(tmp_path) / "street_objects.json").exists()  # optional, not written empty
+    assert read_set(tmp_path).objects == []
+    original.objects = [
+        StreetObject(101, 20, "hats", Box(1, 1, 3, 3), 0.75),
+        StreetObject(101, None, "bags", Box(0, 0, 2, 2), 0.4),
+    ]
+    write_set(original)
+    loaded = read_set(tmp_path)
+    assert loaded.objects == original.objects
+    assert [o.product for o in loaded.objects_by_photo(0.5)[101]] == [20]
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ({"photo": 5, "product": 99, "category": "hats", "bbox": BOX}, "product 99"),
+        ({"photo": 5, "category": "", "bbox": BOX}, "'category'"),
+        ({"photo": 5, "category": "hats", "bbox": BOX, "visible": 1.5}, "'visible'"),
+        ({"photo": 5, "category": "hats"}, "bbox"),
+    ],
+)
+def test_malformed_street_objects_are_named(tmp_path: Path, item: dict, problem: str) -> None:
+    write_minimal(tmp_path, [])
+    (meta(tmp_path) / "street_objects.json").write_text(json.dumps([item]))
+    with pytest.raises(DataFormatError, match=f"street_objects.json: item 0: .*{problem}"):
+        read_set(tmp_path)

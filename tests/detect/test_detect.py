@@ -288,6 +288,47 @@ def test_metrics_hand_worked_example():
     assert result["product_ap@0.5"] == pytest.approx(1 / 3 + 1 / 2)
 
 
+def test_shop_the_look_scores_every_product_of_a_photo():
+    two = GroundTruth(
+        np.asarray([BOX_A], np.float32), ["a"], np.asarray([BOX_B], np.float32), ["b"]
+    )
+    alone = _truth((BOX_A, "a"))
+    predictions = [
+        _pred((BOX_A, "a", 0.9), (BOX_B, "b", 0.8)),  # both products of the photo found
+        _pred((BOX_A, "b", 0.7)),  # found, wrong category
+    ]
+    result = detection_metrics(predictions, [two, alone], ["a", "b"])
+    assert result["all_products"] == 3
+    assert result["all_products_recall@0.5"] == pytest.approx(1.0)
+    assert result["all_products_photos"] == pytest.approx(1.0)
+    assert result["all_products_ap@0.5"] == pytest.approx(1.0)
+    # on the pairs' boxes alone the clutter box is a false positive ranked above a hit
+    assert result["product_ap@0.5"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert result["category_accuracy"] == pytest.approx(0.5)
+    missed = detection_metrics([_pred((BOX_A, "a", 0.9)), Detections.empty()], [two, alone], "ab")
+    assert missed["all_products_recall@0.5"] == pytest.approx(1 / 3)
+    assert missed["all_products_photos"] == 0.0
+
+
+def test_training_learns_the_other_products_of_a_photo(data_dir, categories):
+    from dataclasses import replace
+
+    from visnet.data.street2shop import StreetObject
+
+    data = read_set(data_dir)
+    pair = data.pairs["train"][0]
+    other = replace(pair.bbox, left=0, top=0)
+    data.objects = [
+        StreetObject(pair.photo, None, categories[-1], other, 0.9),
+        StreetObject(pair.photo, None, categories[0], other, 0.3),  # mostly hidden: left out
+    ]
+    photos = {p.path: p for p in TrainPhotos(data, list(categories)).photos}
+    mine = photos[data.photo_path(pair.photo)]
+    assert len(mine.boxes) == 2 and mine.labels[-1] == len(categories)
+    only_pairs = TrainPhotos(data, list(categories), others_min_visible=1.01).photos
+    assert all(len(p.boxes) == 1 for p in only_pairs)
+
+
 def test_average_precision_matches_a_naive_loop():
     rng = np.random.default_rng(0)
     scores, hits = rng.random(30), rng.random(30) < 0.4

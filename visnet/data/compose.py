@@ -170,25 +170,75 @@ def _place_centre(cut: Image.Image, size: int, fill: float, colour: tuple) -> Im
 # ------------------------------------------------------------------------------- street photos
 
 
+@dataclass(frozen=True)
+class Placed:
+    """Another product pasted into a street photo: which clutter item, where, how much shows."""
+
+    clutter: int  # index into the `clutter` list given to `street_photo`
+    box: tuple[int, int, int, int]  # (l, t, w, h) of its visible pixels
+    visible: float  # visible pixels / pixels of the pasted object (in or out of the frame)
+
+
+class _Layers:
+    """Which pasted object owns each pixel of a scene, to box what stays visible of each."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.owner = np.full((height, width), -1, np.int16)
+        self.areas: list[int] = []
+
+    def add(self, obj: Image.Image, x: int, y: int) -> int:
+        mask = np.asarray(obj.getchannel("A")) > 128
+        layer = len(self.areas)
+        self.areas.append(int(mask.sum()))
+        height, width = self.owner.shape
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(width, x + obj.width), min(height, y + obj.height)
+        if x1 > x0 and y1 > y0:
+            region = self.owner[y0:y1, x0:x1]
+            region[mask[y0 - y : y1 - y, x0 - x : x1 - x]] = layer
+        return layer
+
+    def visible(self, layer: int) -> tuple[tuple[int, int, int, int], float]:
+        ys, xs = np.nonzero(self.owner == layer)
+        if len(xs) == 0 or self.areas[layer] == 0:
+            return (0, 0, 0, 0), 0.0
+        box = (
+            int(xs.min()),
+            int(ys.min()),
+            int(xs.max() - xs.min() + 1),
+            int(ys.max() - ys.min() + 1),
+        )
+        return box, len(xs) / self.areas[layer]
+
+
 def street_photo(
     cut: Image.Image,
     background: Image.Image,
     clutter: list[Image.Image],
     rng: np.random.Generator,
     size: int = STREET_SIZE,
-) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """Composite the product into a crop of a real photo. Returns the photo and (l, t, w, h)."""
+) -> tuple[Image.Image, tuple[int, int, int, int], list[Placed]]:
+    """Composite the product into a crop of a real photo, among other products.
+
+    Returns the photo, the product's (l, t, w, h), and every clutter item pasted (one may be
+    pasted twice: once in the scene, once covering a corner of the product) with what shows.
+    """
     width = size
     height = int(size * rng.choice([0.75, 1.0, 1.33]))
     scene = _background_crop(background, width, height, rng)
-    for item in clutter:
-        _paste_random(scene, _photographic(item, rng), rng, float(rng.uniform(0.15, 0.35)))
+    layers = _Layers(width, height)
+    owners: dict[int, int] = {}  # layer -> clutter index
+    for i, item in enumerate(clutter):
+        shot = _photographic(item, rng)  # before the size: the draws keep their order
+        _box, layer = _paste_random(scene, shot, rng, float(rng.uniform(0.15, 0.35)), layers)
+        owners[layer] = i
     obj = _photographic(_warp(cut, rng), rng)
-    box = _paste_random(scene, obj, rng, float(rng.uniform(0.3, 0.75)))
+    box, _layer = _paste_random(scene, obj, rng, float(rng.uniform(0.3, 0.75)), layers)
     if rng.random() < 0.35 and clutter:
-        _occlude(scene, _photographic(clutter[0], rng), box, rng)
+        owners[_occlude(scene, _photographic(clutter[0], rng), box, rng, layers)] = 0
     scene = _camera(scene, rng)
-    return scene, box
+    placed = [Placed(i, *layers.visible(layer)) for layer, i in owners.items()]
+    return scene, box, placed
 
 
 def _background_crop(bg: Image.Image, w: int, h: int, rng: np.random.Generator) -> Image.Image:
@@ -231,23 +281,32 @@ def _photographic(cut: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _paste_random(
-    scene: Image.Image, obj: Image.Image, rng: np.random.Generator, fraction: float
-) -> tuple[int, int, int, int]:
+    scene: Image.Image,
+    obj: Image.Image,
+    rng: np.random.Generator,
+    fraction: float,
+    layers: _Layers,
+) -> tuple[tuple[int, int, int, int], int]:
+    """Paste `obj` scaled to `fraction` of the scene at a random place: its (l, t, w, h), layer."""
     obj = _fit(obj, max(8, int(min(scene.size) * fraction)))
     x = int(rng.integers(0, max(1, scene.width - obj.width + 1)))
     y = int(rng.integers(0, max(1, scene.height - obj.height + 1)))
     scene.paste(obj, (x, y), obj)
+    layer = layers.add(obj, x, y)
     bbox = obj.getchannel("A").getbbox() or (0, 0, obj.width, obj.height)
-    return (x + bbox[0], y + bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1])
+    return (x + bbox[0], y + bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]), layer
 
 
-def _occlude(scene: Image.Image, obj: Image.Image, box: tuple, rng: np.random.Generator) -> None:
+def _occlude(
+    scene: Image.Image, obj: Image.Image, box: tuple, rng: np.random.Generator, layers: _Layers
+) -> int:
     """Cover a corner of the product (at most about a quarter of it) with another object."""
     left, top, w, h = box
     obj = _fit(obj, max(8, int(0.45 * max(w, h))))
     cx = left + (w if rng.random() < 0.5 else 0) - obj.width // 2
     cy = top + (h if rng.random() < 0.5 else 0) - obj.height // 2
     scene.paste(obj, (int(cx), int(cy)), obj)
+    return layers.add(obj, int(cx), int(cy))
 
 
 def _camera(scene: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -33,7 +33,14 @@ from visnet.data.sources import (
     find_sources,
     missing_packages,
 )
-from visnet.data.street2shop import Box, ShopImage, Street2ShopSet, StreetPair, write_set
+from visnet.data.street2shop import (
+    Box,
+    ShopImage,
+    Street2ShopSet,
+    StreetObject,
+    StreetPair,
+    write_set,
+)
 from visnet.io import replace_folder, staging_folder
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,8 @@ class Product:
     views: list[int]
     street: list[int]
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # per street photo: the other products pasted into it, (cut-out key, Placed)
+    others: list[list[tuple[int, compose.Placed]]] = field(default_factory=list)
 
 
 # Worker state, set before the pool forks so workers inherit it without pickling.
@@ -108,7 +117,7 @@ def build_demo(out: Path | str, settings: DemoSettings = DemoSettings()) -> dict
     products = plan_products(keep, cutouts, sources, settings, rng)
     render_all(products, cutouts, staging, settings, workers)
 
-    data = _street2shop(products, staging)
+    data = _street2shop(products, staging, sources)
     write_set(data)
     _write_catalog(products, cutouts, sources, staging)
     contact_sheet(products, data, staging / "contact_sheet.png", rng)
@@ -234,7 +243,7 @@ def _hue_name(shift: float) -> str:
 # ----------------------------------------------------------------------------------- rendering
 
 
-def _render_one(task: tuple[Product, int]) -> tuple[int, list[tuple[int, int, int, int]]]:
+def _render_one(task: tuple[Product, int]) -> tuple[int, list[Any], list[Any]]:
     product, seed = task
     rng = np.random.default_rng(seed)
     cutouts: dict[int, compose.Cutout] = _STATE["cutouts"]
@@ -244,19 +253,22 @@ def _render_one(task: tuple[Product, int]) -> tuple[int, list[tuple[int, int, in
     photos: Path = _STATE["photos"]
     compose.plain_view(cut).save(photos / f"{product.views[0]}.jpg", quality=92)
     compose.styled_view(cut, rng).save(photos / f"{product.views[1]}.jpg", quality=92)
-    boxes = []
+    boxes, others = [], []
     keys = _STATE["cutout_keys"]
     backgrounds = _STATE["backgrounds"]
     for photo in product.street:
-        others = [cutouts[keys[int(i)]].rgba for i in rng.integers(0, len(keys), size=3)]
-        clutter = [o for o in others if o is not cutouts[product.base].rgba][
+        drawn = [keys[int(i)] for i in rng.integers(0, len(keys), size=3)]
+        chosen = [k for k in drawn if cutouts[k].rgba is not cutouts[product.base].rgba][
             : int(rng.integers(0, 4))
         ]
         background = backgrounds[int(rng.integers(0, len(backgrounds)))]
-        scene, box = compose.street_photo(cut, background, clutter, rng)
+        scene, box, placed = compose.street_photo(
+            cut, background, [cutouts[k].rgba for k in chosen], rng
+        )
         scene.save(photos / f"{photo}.jpg", quality=95)
         boxes.append(box)
-    return product.id, boxes
+        others.append([(chosen[p.clutter], p) for p in placed])
+    return product.id, boxes, others
 
 
 def render_all(
@@ -284,15 +296,19 @@ def render_all(
     by_id = {p.id: p for p in products}
     with _pool(workers) as pool:
         results = pool.imap_unordered(_render_one, tasks, chunksize=4)
-        for product_id, boxes in tqdm(results, total=len(tasks), desc="render", unit="product"):
-            by_id[product_id].boxes = boxes
+        for product_id, boxes, others in tqdm(
+            results, total=len(tasks), desc="render", unit="product"
+        ):
+            by_id[product_id].boxes, by_id[product_id].others = boxes, others
 
 
 # -------------------------------------------------------------------------------------- output
 
 
-def _street2shop(products: list[Product], root: Path) -> Street2ShopSet:
+def _street2shop(products: list[Product], root: Path, sources: list[SourceImage]) -> Street2ShopSet:
     data = Street2ShopSet(root=root)
+    # the product a clutter cut-out is: its uncoloured product (none for a dropped near-duplicate)
+    plain = {p.base: p.id for p in products if p.hue is None}
     for p in products:
         for photo in p.views:
             data.shop.append(ShopImage(photo, p.id, p.category))
@@ -302,6 +318,12 @@ def _street2shop(products: list[Product], root: Path) -> Street2ShopSet:
                 StreetPair(photo, p.id, p.category, Box(left, top, width, height))
             )
             data.urls[photo] = f"photos/{photo}.jpg"
+        for photo, others in zip(p.street, p.others, strict=True):
+            data.objects.extend(
+                StreetObject(photo, plain.get(key), sources[key].category, Box(*o.box), o.visible)
+                for key, o in others
+                if o.visible > 0
+            )
     return data
 
 

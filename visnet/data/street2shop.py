@@ -5,6 +5,9 @@ ROOT/photos/<id>.jpg|.png                 the images, stored by id
 ROOT/meta/json/retrieval_<cat>.json       [{"photo": id, "product": id}, ...]   shop images
 ROOT/meta/json/train_pairs_<cat>.json     [{"photo", "product", "bbox": {left,top,width,height}}]
 ROOT/meta/json/test_pairs_<cat>.json      street photos with the box of the item
+ROOT/meta/json/street_objects.json        optional: the other products seen in street photos,
+                                          [{"photo", "product" (id or null), "category", "bbox",
+                                            "visible" (share of the object not hidden)}]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("train", "test")
+OBJECTS_FILE = "street_objects.json"
 _FILE_RE = re.compile(r"^(retrieval|train_pairs|test_pairs)_(.+)\.json$")
 
 
@@ -69,6 +73,21 @@ class StreetPair:
     bbox: Box
 
 
+@dataclass(frozen=True)
+class StreetObject:
+    """Another product seen in a street photo (clutter): shop the look scores finding it too.
+
+    `product` is None where the object is no catalog product; `visible` is the share of it that
+    shows (the rest hidden behind other things or outside the frame).
+    """
+
+    photo: int
+    product: int | None
+    category: str
+    bbox: Box
+    visible: float
+
+
 @dataclass
 class Street2ShopSet:
     """A whole data set, in memory. Images stay on disk; `photo_path` finds them."""
@@ -77,6 +96,7 @@ class Street2ShopSet:
     shop: list[ShopImage] = field(default_factory=list)
     pairs: dict[str, list[StreetPair]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     urls: dict[int, str] = field(default_factory=dict)
+    objects: list[StreetObject] = field(default_factory=list)
 
     @property
     def categories(self) -> list[str]:
@@ -94,6 +114,14 @@ class Street2ShopSet:
 
     def photo_path(self, photo: int) -> Path | None:
         return photo_path(self.root, photo)
+
+    def objects_by_photo(self, min_visible: float = 0.0) -> dict[int, list[StreetObject]]:
+        """Photo -> the other products seen in it, those at least `min_visible` in view."""
+        found: dict[int, list[StreetObject]] = {}
+        for item in self.objects:
+            if item.visible >= min_visible:
+                found.setdefault(item.photo, []).append(item)
+        return found
 
 
 def photo_path(root: Path | str, photo: int) -> Path | None:
@@ -131,6 +159,8 @@ def read_set(root: Path | str, check_boxes: bool = True) -> Street2ShopSet:
         kind, category = _FILE_RE.match(path.name).groups()  # type: ignore[union-attr]
         split = kind.removesuffix("_pairs")
         data.pairs[split].extend(_parse_pairs(path, category, known, root if check_boxes else None))
+    if (meta / OBJECTS_FILE).is_file():
+        data.objects = list(_parse_objects(meta / OBJECTS_FILE, known))
     return data
 
 
@@ -207,6 +237,28 @@ def _parse_pairs(
         yield StreetPair(photo=photo, product=product, category=category, bbox=box)
 
 
+def _parse_objects(path: Path, known: dict[int, str]) -> Iterator[StreetObject]:
+    for i, item in enumerate(_load_json_list(path)):
+        place = f"item {i}"
+        photo = _int_field(path, place, item, "photo")
+        product = None if item.get("product") is None else _int_field(path, place, item, "product")
+        if product is not None and product not in known:
+            raise DataFormatError(path, place, f"product {product} is in no retrieval_*.json file")
+        category = item.get("category")
+        if not isinstance(category, str) or not category:
+            raise DataFormatError(path, place, f"field 'category' must be a name, got {category!r}")
+        visible = item.get("visible", 1.0)
+        if (
+            isinstance(visible, bool)
+            or not isinstance(visible, int | float)
+            or not 0 <= visible <= 1
+        ):
+            raise DataFormatError(
+                path, place, f"field 'visible' must be in [0, 1], got {visible!r}"
+            )
+        yield StreetObject(photo, product, category, _parse_box(path, place, item), float(visible))
+
+
 def _check_box_inside(path: Path, place: str, root: Path, photo: int, box: Box) -> None:
     image_path = photo_path(root, photo)
     if image_path is None:
@@ -265,6 +317,20 @@ def write_set(data: Street2ShopSet, root: Path | str | None = None) -> Path:
                 if p.category == category
             ]
             write_json_atomic(meta / f"{split}_pairs_{category}.json", pairs, indent=0)
+    if data.objects:
+        objects = [
+            {
+                "photo": o.photo,
+                "product": o.product,
+                "category": o.category,
+                "bbox": o.bbox.to_json(),
+                "visible": round(o.visible, 3),
+            }
+            for o in data.objects
+        ]
+        write_json_atomic(meta / OBJECTS_FILE, objects, indent=0)
+    elif (meta / OBJECTS_FILE).exists():
+        (meta / OBJECTS_FILE).unlink()
     lines = (f"{photo},{url}\n" for photo, url in sorted(data.urls.items()))
     write_text_atomic(root / "photos.txt", "".join(lines))
     return root

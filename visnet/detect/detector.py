@@ -147,6 +147,12 @@ class DetectorConfig:
     score_threshold: float = 0.05
     max_detections: int = 100
     scoring: str = "product"  # one of SCORINGS
+    # Category scores are softmax(category logits / label_temperature); `visnet detect
+    # calibrate` fits it on validation photos so a label score of 0.8 is right 8 times in 10,
+    # and sets `category_threshold`, the label score from which the service trusts a category
+    # enough to filter by it (None: uncalibrated; the service's own setting decides).
+    label_temperature: float = 1.0
+    category_threshold: float | None = None
 
     def __post_init__(self) -> None:
         spec = get_arch(self.arch)
@@ -162,6 +168,8 @@ class DetectorConfig:
                 object.__setattr__(self, key, getattr(spec, key))
         if self.max_size < self.min_size:
             raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        if not self.label_temperature > 0:
+            raise ValueError(f"label_temperature must be > 0; got {self.label_temperature}")
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -186,6 +194,9 @@ class Detections:
     # float32 (n,): how sure it is of the label (the category's probability given a product);
     # the same as `scores` under per-category scoring, and so when not given
     label_scores: np.ndarray | None = None
+    # float32 (n, categories): the box head's raw category logits (product scoring only), for
+    # calibration; None when not given
+    category_logits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.label_scores is None:
@@ -230,23 +241,25 @@ def product_boxes(
     box_regression: torch.Tensor,
     proposals: list[torch.Tensor],
     image_shapes: list[tuple[int, int]],
+    label_temperature: float = 1.0,
 ) -> list[dict[str, torch.Tensor]]:
     """Boxes scored as products: RoIHeads.postprocess_detections with one box per proposal.
 
     Each proposal scores 1 - p(background) and keeps the box regressed for its likeliest
-    category, whose probability given that it is a product is its `label_scores`. Boxes under
-    the score threshold or too small are dropped; suppression runs across categories.
+    category, whose probability given that it is a product is its `label_scores` (at
+    temperature 1, p(category) / (1 - p(background))). Boxes under the score threshold or too
+    small are dropped; suppression runs across categories.
     """
     counts = [len(p) for p in proposals]
     all_boxes = heads.box_coder.decode(box_regression, proposals).split(counts)
-    all_probs = F.softmax(class_logits, -1).split(counts)
+    all_logits = class_logits.split(counts)
     found = []
-    for boxes, probs, shape in zip(all_boxes, all_probs, image_shapes, strict=True):
+    for boxes, logits, shape in zip(all_boxes, all_logits, image_shapes, strict=True):
+        probs = F.softmax(logits, -1)
         boxes = box_ops.clip_boxes_to_image(boxes.reshape(probs.shape + (4,)), shape)
         scores = 1.0 - probs[:, 0]
-        best, labels = probs[:, 1:].max(dim=1)
+        label_scores, labels = F.softmax(logits[:, 1:] / label_temperature, -1).max(dim=1)
         labels = labels + 1
-        label_scores = best / scores.clamp_min(1e-12)
         boxes = boxes[torch.arange(len(boxes)), labels]
         keep = torch.where(scores > heads.score_thresh)[0]
         keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
@@ -258,6 +271,7 @@ def product_boxes(
                 "scores": scores[keep],
                 "labels": labels[keep],
                 "label_scores": label_scores[keep],
+                "category_logits": logits[keep, 1:],
             }
         )
     return found
@@ -351,9 +365,16 @@ class Detector:
         score_threshold: float | None = None,
         max_detections: int | None = None,
         scoring: str | None = None,
+        label_temperature: float | None = None,
+        category_threshold: float | None = None,
     ) -> Detector:
-        """Change the score threshold, the cap on detections per image or the scoring, in place."""
+        """Change the score threshold, the cap on detections per image, the scoring or the
+        category calibration, in place."""
         changes: dict[str, Any] = {}
+        if label_temperature is not None:
+            changes["label_temperature"] = float(label_temperature)
+        if category_threshold is not None:
+            changes["category_threshold"] = float(category_threshold)
         if score_threshold is not None:
             changes["score_threshold"] = float(score_threshold)
         if max_detections is not None:
@@ -384,7 +405,14 @@ class Detector:
         pooled = heads.box_roi_pool(features, proposals, batch.image_sizes)
         logits, regression = heads.box_predictor(heads.box_head(pooled))
         if self.config.scoring == "product":
-            found = product_boxes(heads, logits, regression, proposals, batch.image_sizes)
+            found = product_boxes(
+                heads,
+                logits,
+                regression,
+                proposals,
+                batch.image_sizes,
+                self.config.label_temperature,
+            )
         else:
             boxes, scores, labels = heads.postprocess_detections(
                 logits, regression, proposals, batch.image_sizes
@@ -399,11 +427,15 @@ class Detector:
     def _detections(self, output: dict[str, torch.Tensor]) -> Detections:
         order = torch.argsort(output["scores"], descending=True, stable=True)
         ids = output["labels"][order].cpu().numpy().astype(np.int64)
+        logits = output.get("category_logits")
         return Detections(
             boxes=output["boxes"][order].cpu().numpy().astype(np.float32).reshape(-1, 4),
             labels=[self.categories[i - 1] for i in ids],
             scores=output["scores"][order].cpu().numpy().astype(np.float32),
             label_scores=output["label_scores"][order].cpu().numpy().astype(np.float32),
+            category_logits=None
+            if logits is None
+            else logits[order].cpu().numpy().astype(np.float32),
         )
 
     def save(

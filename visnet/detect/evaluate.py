@@ -6,7 +6,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ from visnet.images import ImageError, load_image
 log = logging.getLogger(__name__)
 
 IOU_THRESHOLD = 0.5
+# the other products of a photo (street_objects.json) count for shop the look when at least
+# this share of each is in view; the trainer's default, so a model is scored on what it learnt
+OTHERS_MIN_VISIBLE = DetectTrainSettings().others
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,15 @@ class GroundTruth:
 
     boxes: np.ndarray
     labels: list[str]
+    # the other products the photo shows (clutter), for shop the look; xyxy (m, 4)
+    other_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    other_labels: list[str] = field(default_factory=list)
+
+    def everything(self) -> GroundTruth:
+        """Every product of the photo as a true box: the pair's and the others."""
+        return GroundTruth(
+            np.concatenate([self.boxes, self.other_boxes]), [*self.labels, *self.other_labels]
+        )
 
 
 def average_precision(scores: np.ndarray, hits: np.ndarray, positives: int) -> float:
@@ -79,22 +91,40 @@ def detection_metrics(
     class (`box_recall@0.5`), of the right class (`box_recall@0.5_class`), or by the single best
     detection of the photo (`top1_box_recall@0.5`). `product_ap@0.5` is the AP of finding the
     true boxes whatever their category (unlabelled products in a photo count against it).
+    `category_accuracy` is the share of true boxes the photo's best detection finds whose
+    category it names right (what the service filters the search by).
+
+    Shop the look scores every product a photo shows, the pair's and the others (clutter):
+    `all_products_ap@0.5`, `all_products_recall@0.5` (found by some detection) and
+    `all_products_photos` (photos whose products are all found).
     """
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} photos")
     ap = {c: _class_ap(predictions, truths, c) for c in categories}
     present = {c: v for c, v in ap.items() if not np.isnan(v)}
-    total, any_hit, class_hit, top_hit = 0, 0, 0, 0
+    total, any_hit, class_hit, top_hit, top_right = 0, 0, 0, 0, 0
     for pred, truth in zip(predictions, truths, strict=True):
         iou = _iou(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
+        best = int(np.argmax(pred.scores)) if len(pred) else -1
         for j, label in enumerate(truth.labels):
             overlaps = iou[:, j] >= IOU_THRESHOLD
             same = np.array([p == label for p in pred.labels], dtype=bool)
             total += 1
             any_hit += bool(overlaps.any())
             class_hit += bool((overlaps & same).any())
-            top_hit += bool(len(pred) and overlaps[int(np.argmax(pred.scores))])
+            top_hit += bool(best >= 0 and overlaps[best])
+            top_right += bool(best >= 0 and overlaps[best] and same[best])
     ratio = (lambda n: n / total) if total else (lambda n: 0.0)
+    everything = [t.everything() for t in truths]
+    found, products, complete = 0, 0, 0
+    for pred, truth in zip(predictions, everything, strict=True):
+        iou = _iou(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
+        hit = (iou >= IOU_THRESHOLD).any(axis=0)
+        found, products, complete = (
+            found + int(hit.sum()),
+            products + len(hit),
+            complete + hit.all(),
+        )
     return {
         "map@0.5": float(np.mean(list(present.values()))) if present else 0.0,
         "ap@0.5": {c: (None if np.isnan(v) else v) for c, v in ap.items()},
@@ -102,6 +132,11 @@ def detection_metrics(
         "box_recall@0.5": ratio(any_hit),
         "box_recall@0.5_class": ratio(class_hit),
         "top1_box_recall@0.5": ratio(top_hit),
+        "category_accuracy": top_right / top_hit if top_hit else 0.0,
+        "all_products_ap@0.5": _class_ap(predictions, everything, None),
+        "all_products_recall@0.5": found / products if products else 0.0,
+        "all_products_photos": float(complete) / len(truths) if truths else 0.0,
+        "all_products": products,
         "boxes": total,
         "photos": len(truths),
     }
@@ -134,22 +169,12 @@ def evaluate_detector(
     Missing or unreadable photos are skipped and counted. Times are per photo, one at a time,
     decoding excluded. `score_threshold` overrides the detector's for this run.
     """
-    data = read_set(data_dir)
-    if split == VAL:  # the training photos `visnet detect train` held out (its defaults)
-        defaults = DetectTrainSettings()
-        held = validation_products(data, defaults.val_fraction, defaults.seed)
-        truths = _truths(validation_pairs(data, held)[1])
-    elif split in data.pairs:
-        truths = _truths(data.pairs[split])
-    else:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join([*data.pairs, VAL])}")
-    if limit:
-        truths = dict(list(truths.items())[:limit])
+    data, truths = photo_truths(data_dir, split, limit)
     if score_threshold is not None:
         previous = detector.config.score_threshold
         detector.configure(score_threshold=score_threshold)
     try:
-        predictions, kept, times, skipped = _run(detector, data, truths)
+        predictions, kept, times, skipped = run_detector(detector, data, truths)
     finally:
         if score_threshold is not None:
             detector.configure(score_threshold=previous)
@@ -161,22 +186,52 @@ def evaluate_detector(
     return result
 
 
-def _truths(pairs: list[Any]) -> dict[int, GroundTruth]:
-    """Photo -> its true boxes (a photo may appear in several pairs, one box each)."""
+def photo_truths(
+    data_dir: str | Path, split: str, limit: int | None = None
+) -> tuple[Any, dict[int, GroundTruth]]:
+    """The set and its street photos of `split` with their true boxes; "val" is the part of the
+    train split `visnet detect train` holds out by default."""
+    data = read_set(data_dir)
+    if split == VAL:  # the training photos `visnet detect train` held out (its defaults)
+        defaults = DetectTrainSettings()
+        held = validation_products(data, defaults.val_fraction, defaults.seed)
+        truths = _truths(validation_pairs(data, held)[1], data)
+    elif split in data.pairs:
+        truths = _truths(data.pairs[split], data)
+    else:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join([*data.pairs, VAL])}")
+    if limit:
+        truths = dict(list(truths.items())[:limit])
+    return data, truths
+
+
+def _truths(pairs: list[Any], data: Any) -> dict[int, GroundTruth]:
+    """Photo -> its true boxes (a photo may appear in several pairs, one box each), and the
+    other products it shows."""
     boxes: dict[int, list[tuple[float, ...]]] = {}
     labels: dict[int, list[str]] = {}
     for pair in pairs:
         boxes.setdefault(pair.photo, []).append(pair.bbox.as_xyxy())
         labels.setdefault(pair.photo, []).append(pair.category)
+    others = data.objects_by_photo(OTHERS_MIN_VISIBLE)
     return {
-        photo: GroundTruth(np.asarray(boxes[photo], np.float32).reshape(-1, 4), labels[photo])
+        photo: GroundTruth(
+            np.asarray(boxes[photo], np.float32).reshape(-1, 4),
+            labels[photo],
+            np.asarray([o.bbox.as_xyxy() for o in others.get(photo, [])], np.float32).reshape(
+                -1, 4
+            ),
+            [o.category for o in others.get(photo, [])],
+        )
         for photo in boxes
     }
 
 
-def _run(
+def run_detector(
     detector: Detector, data: Any, truths: dict[int, GroundTruth]
 ) -> tuple[list[Detections], list[GroundTruth], list[float], int]:
+    """Detect on each photo of `truths`, one at a time: predictions, the truths of the photos
+    read, seconds per photo (decoding excluded), photos skipped (missing or unreadable)."""
     predictions, kept, times, skipped = [], [], [], 0
     for photo, truth in truths.items():
         path = data.photo_path(photo)

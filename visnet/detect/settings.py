@@ -30,6 +30,9 @@ class DetectTrainSettings:
     max_size: int = 0
     box_head_dim: int = 0
     flip: float = 0.5  # probability of a horizontal flip
+    # the other products a street photo shows (meta/json/street_objects.json) are trained as
+    # products when at least this share of each is in view; above 1: never (only the pair's box)
+    others: float = 0.5
     seed: int = 0
     # street photos showing this share of the training products (whole colour-variant groups,
     # `visnet.data.splits`) are held out: `visnet detect eval --split val` scores them

@@ -72,20 +72,26 @@ class TrainPhotos:
         categories: list[str],
         split: str = "train",
         pairs: list[Any] | None = None,
+        others_min_visible: float = 0.5,
     ) -> None:
-        """`pairs` (default: all of `split`) are the pairs whose photos are drawn."""
+        """`pairs` (default: all of `split`) are the pairs whose photos are drawn. The other
+        products a photo shows (the set's street objects) at least `others_min_visible` in view
+        are boxes to learn too; the rest are neither products nor background to the loss, which
+        only sees boxes, so a half-hidden one simply goes unlabelled."""
         index = {c: i + 1 for i, c in enumerate(categories)}
         grouped: dict[int, list[Any]] = {}
         for pair in data.pairs[split] if pairs is None else pairs:
             grouped.setdefault(pair.photo, []).append(pair)
+        others = data.objects_by_photo(others_min_visible)
         self.photos: list[_Photo] = []
         for photo, pairs in grouped.items():
             path = data.photo_path(photo)
             if path is None:
                 log.warning("skipping street photo %d: file missing", photo)
                 continue
-            boxes = np.asarray([p.bbox.as_xyxy() for p in pairs], np.float32)
-            labels = np.asarray([index[p.category] for p in pairs], np.int64)
+            seen = [*pairs, *(o for o in others.get(photo, []) if o.category in index)]
+            boxes = np.asarray([p.bbox.as_xyxy() for p in seen], np.float32)
+            labels = np.asarray([index[p.category] for p in seen], np.int64)
             self.photos.append(_Photo(path, boxes, labels))
         if not self.photos:
             raise ValueError(f"{data.root}: the {split} split has no street photos with boxes")
@@ -162,7 +168,7 @@ def run_training(data_dir: str | Path, out: str | Path, settings: DetectTrainSet
     if held:
         photos_held = len({p.photo for p in val_pairs})
         log.info("held out for validation: %d photos of %d products", photos_held, len(held))
-    photos = TrainPhotos(data, categories, pairs=train_pairs)
+    photos = TrainPhotos(data, categories, pairs=train_pairs, others_min_visible=settings.others)
     run = _start(settings, categories, data_dir, out)
     started, history = time.time(), out / "history.jsonl"
     bar = tqdm(total=settings.steps, initial=run.step, desc="detect", disable=not settings.progress)

@@ -37,7 +37,7 @@ from visnet.service.answers import (
 )
 from visnet.service.freshness import Recommendations
 from visnet.service.metrics import Metrics
-from visnet.service.settings import ServiceSettings
+from visnet.service.settings import UNCALIBRATED_CATEGORY_THRESHOLD, ServiceSettings
 
 __all__ = ["Engine", "LruCache", "load_embedder"]
 
@@ -115,6 +115,15 @@ def _return_large_frees() -> None:
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
+def category_threshold(settings: ServiceSettings, detector: Any | None) -> float:
+    """The label score from which a detected category filters a search: the setting when given,
+    else the detector's calibrated threshold, else the uncalibrated default."""
+    if settings.category_threshold is not None:
+        return settings.category_threshold
+    calibrated = getattr(getattr(detector, "config", None), "category_threshold", None)
+    return UNCALIBRATED_CATEGORY_THRESHOLD if calibrated is None else float(calibrated)
+
+
 def _catalog_root(settings: ServiceSettings) -> Path | None:
     if settings.catalog_root is not None:
         return settings.catalog_root
@@ -148,6 +157,7 @@ class Engine:
     ) -> None:
         self.settings, self.embedder, self.index = settings, embedder, index
         self.detector, self.metrics = detector, metrics
+        self.category_threshold = category_threshold(settings, detector)
         self.catalog_root = _catalog_root(settings)
         # The shrink to max_image_side applies only above 2048 px, a size the catalog path
         # (`visnet index build`, eval: full-size decodes) does not reach for the demo set (largest
@@ -265,7 +275,7 @@ class Engine:
             confident = (
                 obj.label in known
                 and (obj.score or 0.0) >= self.settings.detect_threshold
-                and (obj.label_score or 0.0) >= self.settings.category_threshold
+                and (obj.label_score or 0.0) >= self.category_threshold
             )
             wanted = category or (obj.label if confident else None)
             matches = self.matches(self.index.search(vector, k, wanted))

@@ -20,6 +20,8 @@ from visnet.service.schemas import DEFAULT_K
 __all__ = ["ENV_PREFIX", "ServiceSettings", "load_settings"]
 
 ENV_PREFIX = "VISNET_"
+# the label score from which an uncalibrated detector's category filters its object's search
+UNCALIBRATED_CATEGORY_THRESHOLD = 0.8
 
 
 class ServiceSettings(BaseSettings):
@@ -47,10 +49,10 @@ class ServiceSettings(BaseSettings):
     # objects scoring at least this are searched (else the best one)
     detect_threshold: float = Field(0.5, ge=0.0, le=1.0)
     # An object's detected category filters its search only when the detector is at least this
-    # sure of it. The default detector's category is often wrong (right for 43% of held-out train
-    # photos' best boxes, 74% of those at >= 0.7; benchmarks/detector_crops.py): a wrong filter
-    # hides the right product, and an unfiltered search finds neighbours in the right category.
-    category_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    # sure of it: a wrong filter hides the right product, and an unfiltered search still finds
+    # it among look-alikes of every category. None: the detector's own calibrated threshold
+    # (`visnet detect calibrate`), or UNCALIBRATED_CATEGORY_THRESHOLD for one never calibrated.
+    category_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_objects: int = Field(5, ge=1)
     catalog_root: Path | None = None  # default: build.json's catalog_root
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)  # the whole request body
