@@ -292,7 +292,10 @@ def eval_command(
     ),
     detector: Path | None = typer.Option(None, "--detector", help="Detector for --crops detector."),
     detector_boxes: int | None = typer.Option(
-        None, "--detector-boxes", help="Best detections searched per photo, merged [3; 1: best]."
+        None,
+        "--detector-boxes",
+        help="Best detections searched per photo, merged [3; 1: best; 0: the box on the "
+        "product, as a shopper clicks it].",
     ),
     dim: int = typer.Option(0, "--dim", help="Reduce to this many dimensions with PCA (0: off)."),
     split: str = typer.Option("test", "--split", help="Which pairs to query with."),

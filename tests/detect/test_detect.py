@@ -409,6 +409,19 @@ def test_query_boxes_give_the_best_boxes_with_log_relative_scores():
     assert query_boxes(Detections.empty()) == [] and query_boxes(found, top=0) == []
 
 
+def test_the_shoppers_box_is_the_best_detection_on_the_product():
+    from visnet.detect.crops import shoppers_box
+
+    found = Detections(
+        boxes=np.array([[0, 0, 50, 50], [60, 60, 100, 100], [62, 58, 101, 99]], np.float32),
+        labels=["a", "b", "c"],
+        scores=np.array([0.9, 0.5, 0.7], np.float32),
+    )
+    assert shoppers_box(found, (60, 60, 100, 100)) == [((62.0, 58.0, 101.0, 99.0), 0.0)]
+    assert shoppers_box(found, (200, 200, 240, 240)) == [((0.0, 0.0, 50.0, 50.0), 0.0)]
+    assert shoppers_box(Detections.empty(), (0, 0, 1, 1)) == []
+
+
 def test_select_objects_and_shop_the_look():
     detections = _pred(
         (BOX_A, "dress", 0.9),

@@ -19,7 +19,13 @@ from visnet.data.synthetic import make_synthetic_set
 from visnet.eval.metrics import dedupe_products
 from visnet.eval.protocol import evaluate
 from visnet.eval.recommend import read_variants, recommendation_quality
-from visnet.eval.report import run_report
+from visnet.eval.report import (
+    DetectorSpec,
+    ReportConfig,
+    load_report_config,
+    render_report,
+    run_report,
+)
 from visnet.features.colour import ColourHistogram
 from visnet.images import load_image
 
@@ -230,11 +236,27 @@ def test_eval_command_writes_json_markdown_and_plot(data: Path, tmp_path: Path) 
 
 
 def test_report_runs_rows_and_skips_missing_models(data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from visnet.detect import Detector, DetectorConfig
+
+    torch.manual_seed(0)
+    tiny = DetectorConfig(
+        categories=tuple(read_set(data).categories),
+        arch="mobilenet_v3_large_320_fpn",
+        min_size=64,
+        max_size=64,
+        proposals=8,
+        box_head_dim=32,
+    )
+    detector = Detector(tiny).save(tmp_path / "tiny.pt")
     config = tmp_path / "report.toml"
     config.write_text(
         '[report]\nks = [1, 5, 10, 20]\n\n[[run]]\nlabel = "Colour"\nmodel = "colour-histogram"\n\n'
         '[[run]]\nlabel = "Hash, whole photo"\nmodel = "phash"\ncrops = "none"\n\n'
-        '[[run]]\nlabel = "Trained"\nmodel = "checkpoint:nowhere/model.pt"\n',
+        '[[run]]\nlabel = "Trained"\nmodel = "checkpoint:nowhere/model.pt"\n\n'
+        f'[[detectors]]\nlabel = "Tiny detector"\ndetector = "{detector.as_posix()}"\n\n'
+        '[[detectors]]\nlabel = "Gone"\ndetector = "nowhere/detector.pt"\n',
         encoding="utf-8",
     )
     out = tmp_path / "docs" / "RESULTS.md"
@@ -247,8 +269,17 @@ def test_report_runs_rows_and_skips_missing_models(data: Path, tmp_path: Path) -
     assert "nowhere/model.pt" in text and "overall recall@1" in text and "| *chance* |" in text
     assert "visnet eval --data" in text and "![recall per method](results_recall.png)" in text
     assert (out.parent / "results_recall.png").stat().st_size > 0
+    photos = len({pair.photo for pair in read_set(data).pairs["test"]})
+    heading = f"## Detection (test split, {photos} photos)"
+    assert "| Tiny detector |" in text and "`nowhere/detector.pt`" in text
+    assert text.index("## Overall recall@k") < text.index(heading) < text.index("## Rows not run")
+    assert f"visnet detect eval --data {data} --model {detector} --split test" in text
+    stored = json.loads(out.with_suffix(".json").read_text())["detectors"]
+    assert [entry["label"] for entry in stored] == ["Tiny detector"]
+    assert stored[0]["metrics"]["photos"] == photos and "box_recall@0.5" in stored[0]["metrics"]
     summary = run_report(data, config, out, progress=False)  # cached now
-    assert len(summary["rows"]) == 2 and len(summary["skipped_rows"]) == 1
+    assert len(summary["rows"]) == 2 and len(summary["skipped_rows"]) == 2
+    assert len(summary["detectors"]) == 1
 
 
 def test_report_config_errors_name_the_file(data: Path, tmp_path: Path) -> None:
@@ -259,8 +290,6 @@ def test_report_config_errors_name_the_file(data: Path, tmp_path: Path) -> None:
 
 
 def test_the_shipped_config_loads() -> None:
-    from visnet.eval.report import load_report_config
-
     config = load_report_config(Path(__file__).parents[2] / "configs" / "report.toml")
     assert [run.model for run in config.runs][:4] == [
         "colour-histogram",
@@ -268,6 +297,92 @@ def test_the_shipped_config_loads() -> None:
         "phash",
         "untrained",
     ]
+    assert [spec.detector for spec in config.detectors] == [
+        "models/detector-previous.pt",
+        "models/detector-default.pt",
+    ]
+
+
+def test_report_config_reads_detectors(tmp_path: Path) -> None:
+    config = tmp_path / "report.toml"
+    config.write_text('[[run]]\nmodel = "phash"\n', encoding="utf-8")
+    assert load_report_config(config).detectors == []
+    config.write_text(
+        '[[run]]\nmodel = "phash"\n\n[[detectors]]\nlabel = "Old"\ndetector = "models/a.pt"\n\n'
+        '[[detectors]]\ndetector = "models/b.pt"\n',
+        encoding="utf-8",
+    )
+    assert load_report_config(config).detectors == [
+        DetectorSpec("Old", "models/a.pt"),
+        DetectorSpec("models/b.pt", "models/b.pt"),  # the label defaults to the checkpoint
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[[detectors]]\nlabel = "No file"\n', "detectors 1 needs a string 'detector'"),
+        ('[[detectors]]\ndetector = "a.pt"\n\n[[detectors]]\ndetector = 3\n', "detectors 2 "),
+        ('[[detectors]]\ndetector = " "\n', "detectors 1: 'detector' is empty"),
+        ('[detectors]\ndetector = "a.pt"\n', "must be [[detectors]] tables"),
+    ],
+)
+def test_a_malformed_detector_entry_is_named(tmp_path: Path, text: str, error: str) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text(text + '\n[[run]]\nmodel = "phash"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="broken.toml") as raised:
+        load_report_config(config)
+    assert error in str(raised.value)
+
+
+def test_detection_table_puts_each_metric_in_its_column() -> None:
+    metrics = {
+        "box_recall@0.5": 0.875,
+        "top1_box_recall@0.5": 0.5,
+        "product_ap@0.5": 0.4321,
+        "category_accuracy": 0.9,
+        "all_products_ap@0.5": 1 / 3,
+        "all_products_recall@0.5": 0.75,
+        "all_products_photos": 0.25,
+        "all_products": 12,
+        "boxes": 8,
+        "photos": 8,
+        "ms_per_photo_median": 41.6,
+        "arch": "efficientnet_lite0_fpn",
+        "min_size": 320,
+        "skipped": 0,
+    }
+    entries = [
+        {"label": "New", "detector": "models/new.pt", "metrics": metrics, "cores": 2},
+        {"label": "Old", "detector": "models/old.pt", "metrics": {**metrics, "photos": 8}},
+    ]
+    entries[1]["metrics"].update({"box_recall@0.5": 0.125, "category_accuracy": None})
+    config = ReportConfig(runs=[], split="test")
+    command = "visnet report --data data/demo"
+    text = render_report([], [], config, "data/demo", command, [], entries)
+    assert "## Detection (test split, 8 photos)" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == [
+        "detector",
+        "any box recall@0.5 (%)",
+        "top-1 box recall@0.5 (%)",
+        "product AP@0.5 (%)",
+        "category accuracy, best box (%)",
+        "all products AP@0.5 (%)",
+        "all products found (%)",
+        "photos with every product found (%)",
+        "ms/photo (median)",
+    ]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
+    assert rows == [
+        ["New", "87.5", "50.0", "43.2", "90.0", "33.3", "75.0", "25.0", "42"],
+        ["Old", "12.5", "50.0", "43.2", "–", "33.3", "75.0", "25.0", "42"],
+    ]
+    assert "at least half in view" in text and "street_objects.json" in text
+    assert "decoding excluded, 2 cores." in text and "12 products in all" in text
+    assert "New: `models/new.pt`, efficientnet_lite0_fpn at 320 px" in text
+    assert "visnet detect eval --data data/demo --model models/old.pt --split test" in text
 
 
 def test_detector_crops_run_the_protocol_with_a_detector(tmp_path: Path) -> None:
@@ -292,8 +407,12 @@ def test_detector_crops_run_the_protocol_with_a_detector(tmp_path: Path) -> None
         root, "colour-histogram", crops="detector", detector=path, detector_boxes=1, progress=False
     )
     assert single["detector_boxes"] == 1 and single["queries"] == result["queries"]
+    shopper = evaluate(
+        root, "colour-histogram", crops="detector", detector=path, detector_boxes=0, progress=False
+    )
+    assert shopper["detector_boxes"] == 0 and shopper["queries"] == result["queries"]
     with pytest.raises(ValueError, match="detector_boxes"):
-        evaluate(root, "colour-histogram", crops="detector", detector=path, detector_boxes=0)
+        evaluate(root, "colour-histogram", crops="detector", detector=path, detector_boxes=-1)
     # a detector that finds nothing searches every whole photo, exactly as crops="none" does
     blind = Detector(config).configure(score_threshold=1.0).save(tmp_path / "blind.pt")
     nothing = evaluate(root, "colour-histogram", crops="detector", detector=blind, progress=False)

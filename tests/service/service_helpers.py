@@ -50,15 +50,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: FastAPI, port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
+def running_server(
+    app: FastAPI, port: int | None = None, timeout: float = 30.0, **options: Any
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 in a background thread; yields the base URL.
 
     The lifespan runs as in production (model and index load before the first request).
+    ``options`` are more ``uvicorn.Config`` arguments (``visnet.service.app.server_options``
+    gives production's); the host is always 127.0.0.1.
     """
     import uvicorn
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", workers=1)
+    options = {"log_level": "warning", "workers": 1, **options, "host": "127.0.0.1", "port": port}
+    config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

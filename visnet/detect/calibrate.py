@@ -100,7 +100,8 @@ def expected_calibration_error(
     """ECE over equal-width bins, and the reliability curve (bins holding boxes only)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece, curve = 0.0, {"confidence": [], "accuracy": [], "share": []}
+    ece = 0.0
+    curve: dict[str, list[float]] = {"confidence": [], "accuracy": [], "share": []}
     for b in range(bins):
         inside = which == b
         if inside.any():

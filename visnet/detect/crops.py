@@ -118,6 +118,21 @@ def query_boxes(
     ]
 
 
+def shoppers_box(
+    detections: Detections, wanted: tuple[float, float, float, float], min_iou: float = 0.5
+) -> list[tuple[tuple[float, float, float, float], float]]:
+    """The detected box a shopper looking for the product at `wanted` (xyxy) would click: the
+    best-scoring detection covering it (IoU >= `min_iou`), else the best box; as `query_boxes`
+    gives it (log relative score 0). Empty when nothing was detected."""
+    if not len(detections):
+        return []
+    iou = np.array([box_iou(box, wanted) for box in np.asarray(detections.boxes)])
+    scores = np.asarray(detections.scores, np.float64)
+    on = np.nonzero(iou >= min_iou)[0]
+    best = int(on[np.argmax(scores[on])]) if len(on) else int(np.argmax(scores))
+    return [(tuple(float(v) for v in detections.boxes[best]), 0.0)]  # type: ignore[list-item]
+
+
 def shop_the_look(
     image: Image.Image,
     detections: Detections,

@@ -119,12 +119,10 @@ def detection_metrics(
     found, products, complete = 0, 0, 0
     for pred, truth in zip(predictions, everything, strict=True):
         iou = _iou(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
-        hit = (iou >= IOU_THRESHOLD).any(axis=0)
-        found, products, complete = (
-            found + int(hit.sum()),
-            products + len(hit),
-            complete + hit.all(),
-        )
+        hit = np.asarray(iou >= IOU_THRESHOLD).any(axis=0)
+        found += int(hit.sum())
+        products += int(hit.size)
+        complete += int(hit.all())
     return {
         "map@0.5": float(np.mean(list(present.values()))) if present else 0.0,
         "ap@0.5": {c: (None if np.isnan(v) else v) for c, v in ap.items()},

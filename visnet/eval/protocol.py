@@ -73,6 +73,9 @@ def evaluate(
     `detector` checkpoint (the whole photo when it finds nothing); each catalog product is
     ranked by its best similarity to any crop, less `SCORE_WEIGHT` per unit of log score
     below the best box (`visnet.detect.crops`). With one box, that box alone is the query.
+    With `detector_boxes=0` the query is the detected box a shopper would pick ("shop the look":
+    the page draws every box and the shopper clicks the product wanted): the best-scoring
+    detection on the true box (IoU >= 0.5), or the best box when none is on it.
 
     `embedder` is an Embedder or a registry name. `dim` reduces both sides with a PCA fitted on
     the catalog embeddings. `cache_dir` defaults to DATA/.cache/embeddings. Missing or unreadable
@@ -81,8 +84,10 @@ def evaluate(
     started = time.perf_counter()
     ks = _check_options(crops, ks, dim)
     detector_boxes = QUERY_BOXES if detector_boxes is None else detector_boxes
-    if detector_boxes < 1:
-        raise ValueError(f"detector_boxes must be at least 1; got {detector_boxes}")
+    if detector_boxes < 0:
+        raise ValueError(
+            f"detector_boxes must be 0 (the shopper's box) or more; got {detector_boxes}"
+        )
     if crops == "detector" and detector is None:
         raise ValueError("--crops detector needs --detector PATH (a checkpoint of visnet detect)")
     data = read_set(data_root)
@@ -248,11 +253,15 @@ def _group_crops(
 def _detector_boxes(
     data: Street2ShopSet, split: str, path: str | Path | None, progress: bool, top: int
 ) -> dict[int, list[tuple[tuple[float, float, float, float], float]]]:
-    """The `top` best boxes of each readable street photo, with log relative scores.
+    """The `top` best boxes of each readable street photo, with log relative scores; `top` 0:
+    the one box a shopper would pick (`shoppers_box`).
 
     Photos are decoded by the embedding pipeline's reader (in parallel, bad ones skipped).
     """
     from visnet.detect import Detector
+    from visnet.detect.crops import shoppers_box
+
+    wanted = {p.photo: p.bbox.as_xyxy() for p in data.pairs[split]}
 
     detector = Detector.load(str(path))
     boxes: dict[int, list[tuple[tuple[float, float, float, float], float]]] = {}
@@ -264,7 +273,10 @@ def _detector_boxes(
             for item, image in batch:
                 if not isinstance(image, Skipped):
                     found = detector.detect([image])[0]
-                    boxes[int(item.key)] = query_boxes(found, top)
+                    photo = int(item.key)
+                    boxes[photo] = (
+                        query_boxes(found, top) if top else shoppers_box(found, wanted[photo])
+                    )
             bar.update(len(batch))
     return boxes
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,13 @@ from visnet.io import atomic_path, write_json_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DetectorSpec",
     "ReportConfig",
     "RunSpec",
     "eval_markdown",
     "load_report_config",
     "plot_eval",
+    "render_report",
     "run_report",
     "write_eval_outputs",
 ]
@@ -42,6 +45,17 @@ RECO_LEGEND = (
     "of its 10 nearest other products in its category. *Other view*: where its own second view "
     "ranks among products. *Variant AUC*: share of unrelated same-category products ranked below "
     "its nearest colour variant (`variant_of` in catalog.jsonl; 50 = chance)."
+)
+DETECTION_LEGEND = (
+    "Each street photo of the split is searched for boxes by each detector (IoU >= 0.5 counts as "
+    "a hit). *Any box*: share of the pairs' boxes some detection hits. *Top-1*: share where the "
+    "photo's best-scoring box hits the pair's box. *Product AP*: VOC AP of finding the pairs' "
+    "boxes whatever the category named. *Category accuracy*: of the pair boxes the best box hits, "
+    "the share whose category it names right (what the service filters the search by). *All "
+    "products* (shop the look): the pair's product plus the other catalog products pasted into "
+    "the photo that are at least half in view (`meta/json/street_objects.json`); AP, share found "
+    "by some detection, and share of photos with every one found. Times: one photo at a time, "
+    "decoding excluded"
 )
 
 
@@ -66,11 +80,23 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class DetectorSpec:
+    """One row of the report's detection table: a detector checkpoint scored on the split."""
+
+    label: str
+    detector: str  # a detector checkpoint path
+
+    def command(self, data: Path | str, split: str) -> str:
+        return f"visnet detect eval --data {data} --model {self.detector} --split {split}"
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     runs: list[RunSpec]
     split: str = "test"
     ks: tuple[int, ...] = (1, 5, 10, 20)
     notes: list[str] = field(default_factory=list)
+    detectors: list[DetectorSpec] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------- single eval
@@ -170,7 +196,8 @@ def plot_report(results: list[tuple[str, dict]], path: Path) -> Path:
 
 
 def load_report_config(path: Path | str) -> ReportConfig:
-    """Read a report config (TOML): `[report]` split/ks/notes and a list of `[[run]]` rows."""
+    """Read a report config (TOML): `[report]` split/ks/notes, a list of `[[run]]` rows and an
+    optional list of `[[detectors]]` (label, detector checkpoint) for the detection table."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -182,12 +209,28 @@ def load_report_config(path: Path | str) -> ReportConfig:
     if not isinstance(runs, list) or not runs:
         raise ValueError(f"report config {path}: needs at least one [[run]] table")
     specs = [_run_spec(path, i, run) for i, run in enumerate(runs)]
+    detectors = raw.get("detectors", [])
+    if not isinstance(detectors, list):
+        raise ValueError(f"report config {path}: detectors must be [[detectors]] tables")
     head = raw.get("report", {})
     return ReportConfig(
         runs=specs,
         split=str(head.get("split", "test")),
         ks=tuple(int(k) for k in head.get("ks", (1, 5, 10, 20))),
         notes=[str(n) for n in head.get("notes", [])],
+        detectors=[_detector_spec(path, i, entry) for i, entry in enumerate(detectors)],
+    )
+
+
+def _detector_spec(path: Path, index: int, entry: Any) -> DetectorSpec:
+    if not isinstance(entry, dict) or not isinstance(entry.get("detector"), str):
+        raise ValueError(
+            f"report config {path}: detectors {index + 1} needs a string 'detector' (a checkpoint)"
+        )
+    if not entry["detector"].strip():
+        raise ValueError(f"report config {path}: detectors {index + 1}: 'detector' is empty")
+    return DetectorSpec(
+        label=str(entry.get("label", entry["detector"])), detector=entry["detector"]
     )
 
 
@@ -214,7 +257,8 @@ def run_report(
     use_cache: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate every configured row, then write OUT (markdown), OUT.json and the plot beside it."""
+    """Evaluate every configured row, then each configured detector on the same split, and write
+    OUT (markdown), OUT.json and the plot beside it."""
     from visnet.eval.protocol import evaluate
 
     config, out = load_report_config(config_path), Path(out)
@@ -242,7 +286,43 @@ def run_report(
                 reason = str(exc)
         log.warning("report: skipping %s: %s", spec.label, reason)
         skipped.append(f"{spec.label} (`{spec.model}`): {reason}")
-    return _write_report(data_root, config_path, out, config, results, skipped)
+    detections = _run_detectors(data_root, config, skipped, progress)
+    return _write_report(data_root, config_path, out, config, results, skipped, detections)
+
+
+def _run_detectors(
+    data_root: Path | str, config: ReportConfig, skipped: list[str], progress: bool
+) -> list[dict[str, Any]]:
+    """Score each configured detector on the report's split: one entry (label, detector,
+    metrics) per detector run; a missing or unreadable checkpoint is noted in `skipped`."""
+    entries: list[dict[str, Any]] = []
+    for spec in tqdm(config.detectors, desc="detectors", unit="detector", disable=not progress):
+        reason = None
+        if not Path(spec.detector).is_file():
+            reason = f"detector file {spec.detector} not found"
+        else:
+            try:
+                from visnet.detect.detector import Detector
+                from visnet.detect.evaluate import evaluate_detector
+
+                detector = Detector.load(spec.detector)
+            except (ImportError, FileNotFoundError, ValueError) as exc:
+                reason = str(exc)
+        if reason is not None:
+            log.warning("report: skipping detector %s: %s", spec.label, reason)
+            skipped.append(f"{spec.label} (`{spec.detector}`): {reason}")
+            continue
+        log.info("report: detector %s on the %s split", spec.label, config.split)
+        metrics = evaluate_detector(detector, data_root, config.split)
+        entries.append(
+            {
+                "label": spec.label,
+                "detector": spec.detector,
+                "metrics": metrics,
+                "cores": os.cpu_count(),  # the times' machine
+            }
+        )
+    return entries
 
 
 def _unavailable(spec: RunSpec) -> str | None:
@@ -261,15 +341,22 @@ def _write_report(
     config: ReportConfig,
     results: list[tuple[RunSpec, dict]],
     skipped: list[str],
+    detections: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     labelled = [(spec.label, result) for spec, result in results]
     if labelled:
         plot_report(labelled, out.parent / PLOT_NAME)
     command = f"visnet report --data {data_root} --config {config_path} --out {out}"
-    text = render_report(labelled, skipped, config, data_root, command, [s for s, _ in results])
+    specs = [s for s, _ in results]
+    text = render_report(labelled, skipped, config, data_root, command, specs, detections)
     write_text_atomic(out, text)
-    summary = {"rows": [r for _, r in labelled], "skipped_rows": skipped, "command": command}
+    summary = {
+        "rows": [r for _, r in labelled],
+        "detectors": list(detections),
+        "skipped_rows": skipped,
+        "command": command,
+    }
     write_json_atomic(out.with_suffix(".json"), summary)
     return summary
 
@@ -281,13 +368,20 @@ def render_report(
     data_root: Path | str,
     command: str,
     specs: Sequence[RunSpec],
+    detections: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """The whole RESULTS.md text."""
+    """The whole RESULTS.md text. `detections` are the entries RESULTS.json keeps under
+    "detectors": {"label", "detector", "metrics" (`evaluate_detector`'s dict), "cores"}."""
     lines = [f"# VisNet results on `{data_root}`", "", f"Generated {dt.date.today().isoformat()}."]
     lines += _scope_lines(results, config)
     if results:
         lines += ["", "## Top-20 recall per category (%)", "", *_paper_table(results)]
         lines += ["", "## Overall recall@k (%)", "", *_recall_table(results)]
+    if detections:
+        photos = detections[0]["metrics"].get("photos", 0)
+        lines += ["", f"## Detection ({config.split} split, {photos} photos)", ""]
+        lines += _detection_table(detections)
+    if results:
         if any(r.get("per_kind") for _, r in results):
             lines += ["", "## Recall@1 by product kind (%)", "", *_kind_table(results)]
         lines += ["", "## Recommendation quality (catalog to catalog)", "", *_reco_table(results)]
@@ -295,8 +389,13 @@ def render_report(
     if skipped:
         lines += ["", "## Rows not run", "", *[f"- {s}" for s in skipped]]
     lines += ["", "## How to reproduce", "", "```sh", command]
-    lines += [spec.command(data_root) for spec in specs] + ["```", ""]
-    return "\n".join(lines)
+    lines += [spec.command(data_root) for spec in specs]
+    lines += [
+        DetectorSpec(entry["label"], entry["detector"]).command(data_root, config.split)
+        for entry in detections
+        if entry.get("detector")
+    ]
+    return "\n".join([*lines, "```", ""])
 
 
 def _scope_lines(results: list[tuple[str, dict]], config: ReportConfig) -> list[str]:
@@ -395,3 +494,40 @@ def _reco_table(results: list[tuple[str, dict]]) -> list[str]:
             f"| {_pct(reco.get('variant_auc'))} |"
         )
     return lines
+
+
+def _detection_table(detections: Sequence[dict[str, Any]]) -> list[str]:
+    """Detectors side by side on the report's split (%, and median ms per photo), and the legend."""
+    columns = [
+        ("box_recall@0.5", "any box recall@0.5 (%)"),
+        ("top1_box_recall@0.5", "top-1 box recall@0.5 (%)"),
+        ("product_ap@0.5", "product AP@0.5 (%)"),
+        ("category_accuracy", "category accuracy, best box (%)"),
+        ("all_products_ap@0.5", "all products AP@0.5 (%)"),
+        ("all_products_recall@0.5", "all products found (%)"),
+        ("all_products_photos", "photos with every product found (%)"),
+    ]
+    lines = [
+        "| detector | " + " | ".join(name for _, name in columns) + " | ms/photo (median) |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " | ---: |",
+    ]
+    for entry in detections:
+        metrics = entry["metrics"]
+        cells = " | ".join(_pct(metrics.get(key)) for key, _ in columns)
+        ms = metrics.get("ms_per_photo_median")
+        lines.append(f"| {entry['label']} | {cells} | {'–' if ms is None else f'{ms:.0f}'} |")
+    first = detections[0]["metrics"]
+    cores = detections[0].get("cores")
+    legend = DETECTION_LEGEND + (f", {cores} cores." if cores else ".")
+    counts = (
+        f" {first.get('photos', 0)} photos, {first.get('boxes', 0)} pair boxes, "
+        f"{first.get('all_products', 0)} products in all"
+    )
+    missing = first.get("skipped") or 0
+    counts += f"; {missing} photos skipped (missing or unreadable)." if missing else "."
+    models = "; ".join(
+        f"{entry['label']}: `{entry.get('detector', '?')}`, {entry['metrics'].get('arch', '?')} "
+        f"at {entry['metrics'].get('min_size', '?')} px"
+        for entry in detections
+    )
+    return [*lines, "", legend + counts + f" Checkpoints: {models}."]

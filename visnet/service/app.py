@@ -32,7 +32,7 @@ from visnet.service.guards import ApiKeyMiddleware, BodyLimitMiddleware
 from visnet.service.metrics import Metrics, MetricsMiddleware
 from visnet.service.settings import ServiceSettings
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "serve", "server_options"]
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +147,27 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     return app
 
 
+def server_options(settings: ServiceSettings) -> dict[str, Any]:
+    """uvicorn's arguments for these settings: one process (the index lock allows no other),
+    uvloop when installed, and our httptools protocol with the connection limits
+    (`visnet.service.protocol`). ``serve`` runs with them, and so do the limits' tests."""
+    from visnet.service.protocol import limited_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": 1,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "http": limited_protocol(settings.header_timeout, settings.max_header_bytes),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+    }
+
+
 def serve(settings: ServiceSettings) -> None:
-    """Run the service with uvicorn: one process (the index lock allows no other), httptools and
-    uvloop when installed."""
+    """Run the service with uvicorn (``server_options``)."""
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level=settings.log_level,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        timeout_keep_alive=30,
-    )
+    uvicorn.run(create_app(settings), **server_options(settings))

@@ -56,6 +56,13 @@ class ServiceSettings(BaseSettings):
     max_objects: int = Field(5, ge=1)
     catalog_root: Path | None = None  # default: build.json's catalog_root
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)  # the whole request body
+    # Connection limits (visnet/service/protocol.py). The request line and headers must arrive
+    # within header_timeout s of the connection opening (or of their first byte on a kept-alive
+    # connection), else 408 and close; a head over max_header_bytes is answered 431 and closed;
+    # an idle kept-alive connection is closed after keep_alive_timeout s.
+    header_timeout: float = Field(10.0, gt=0.0, le=600.0)  # s to send the request head
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers
+    keep_alive_timeout: int = Field(30, ge=1, le=3600)  # s an idle kept-alive connection stays
     # Every upload is checked from its header (pixels, decode bytes, aspect ratio), decoded by at
     # most `decode_workers` threads at once and shrunk at once to `max_image_side`: one decode
     # holds at most `max_decode_bytes` plus a reduced copy (under 300 MB at the defaults,
