@@ -18,6 +18,7 @@ demo: setup
 	@if [ ! -f $(DATA)/summary.json ]; then $(BIN)/visnet data demo --out $(DATA); \
 	else echo "demo set already built in $(DATA) (delete it to rebuild):"; cat $(DATA)/summary.json; fi
 	@[ -f $(INDEX)/manifest.json ] || $(BIN)/visnet index build --catalog $(DATA) --model $(MODEL) --out $(INDEX)
+	@[ -f $(INDEX)/samples/samples.json ] || $(BIN)/visnet samples --data $(DATA) --out $(INDEX)/samples
 	@[ -f $(QUEUE) ] || { $(BIN)/visnet triplets catalog --data $(DATA) --out data/catalog-triplets.jsonl \
 	    --scorers colour=1,texture=1,deep:$(MODEL)=1 --per-product 1 >/dev/null && \
 	  $(BIN)/visnet review --queue $(QUEUE) --add data/catalog-triplets.jsonl --data $(DATA) --stats; }

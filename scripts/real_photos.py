@@ -3,13 +3,13 @@
 Serves INDEX with MODEL (and DETECTOR) on a free localhost port, sends each real photograph that
 scikit-image and scikit-learn ship (none of them is used to make the demo set: see
 `visnet.data.sources.REAL_PHOTO_QUERIES`) to `POST /v1/search`, and draws one row per photo: the
-photo with the searched box, then the top results of that box with their titles and scores.
+photo with every detected box (the first, most confident, in red, the others in blue, with the
+category each filtered by, if any), then the top results of the first box.
 
     .venv/bin/python scripts/real_photos.py --index data/demo-index \\
         --model models/visnet-default.pt --detector models/detector-default.pt
 
-Writes docs/real-photos.png and prints each photo's top titles. The first object the service
-returns is drawn (its most confident box).
+Writes docs/real-photos.png and prints each photo's boxes and top titles.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _thumb(image: Image.Image, box: list[float] | None = None) -> Image.Image:
+def _thumb(image: Image.Image, boxes: list[list[float] | None] = ()) -> Image.Image:  # type: ignore[assignment]
     image = image.convert("RGB")
-    if box is not None:
-        draw = ImageDraw.Draw(image)
-        draw.rectangle(box, outline=(230, 30, 30), width=max(3, image.width // 100))
+    draw = ImageDraw.Draw(image)
+    for i, box in reversed(list(enumerate(boxes))):  # the first drawn last, on top
+        if box is not None:
+            colour = (230, 30, 30) if i == 0 else (40, 90, 230)
+            draw.rectangle(box, outline=colour, width=max(3, image.width // 100))
     image.thumbnail((THUMB, THUMB))
     tile = Image.new("RGB", (THUMB, THUMB + LABEL), "white")
     tile.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
@@ -85,9 +87,10 @@ def main() -> None:
         for photo in photos:
             answer = search(client, url, photo, args.top)
             first = answer["queries"][0]
+            labels = [q.get("label") or "whole photo" for q in answer["queries"]]
             query = _caption(
-                _thumb(Image.open(photo), first["box"]),
-                [photo.name, f"box: {first.get('label') or 'whole photo'}"],
+                _thumb(Image.open(photo), [q["box"] for q in answer["queries"]]),
+                [photo.name, f"{len(labels)} box(es): {', '.join(labels)}"],
             )
             tiles = [query]
             titles = []
@@ -97,7 +100,12 @@ def main() -> None:
                 tiles.append(_caption(_thumb(image), [hit["title"], f"{hit['score']:.2f}"]))
                 titles.append(hit["title"])
             rows.append(tiles)
-            print(f"{photo.name}: " + " | ".join(titles))
+            boxes = [
+                f"{q.get('label') or 'whole photo'} {q.get('score') or 0:.2f}"
+                + (f" (filtered: {q['category']})" if q.get("category") else "")
+                for q in answer["queries"]
+            ]
+            print(f"{photo.name}: boxes {'; '.join(boxes)}; first box finds " + " | ".join(titles))
     width = (args.top + 1) * (THUMB + 6)
     sheet = Image.new("RGB", (width, len(rows) * (THUMB + LABEL + 6)), (235, 235, 235))
     for r, tiles in enumerate(rows):

@@ -112,6 +112,9 @@ def serve_command(
     ),
     review_queue: Path | None = typer.Option(None, "--review-queue", help="Review queue file."),
     detector: Path | None = typer.Option(None, "--detector", help="Detector checkpoint file."),
+    samples_dir: Path | None = typer.Option(
+        None, "--samples-dir", help="Sample photos for the page [INDEX/samples]."
+    ),
     config: Path | None = typer.Option(None, "--config", help="Settings file (TOML or JSON)."),
 ) -> None:
     """Serve search, recommendations and the web page (one process: the index allows one)."""
@@ -127,6 +130,7 @@ def serve_command(
             api_key=api_key,
             review_queue=review_queue,
             detector=detector,
+            samples_dir=samples_dir,
         )
     except (OSError, ValueError) as exc:
         _fail(str(exc))
@@ -138,6 +142,32 @@ def serve_command(
     except (OSError, ValueError, ImportError) as exc:
         _fail(str(exc))
     serve(settings)
+
+
+@app.command("samples")
+def samples_command(
+    out: Path = typer.Option(
+        ..., "--out", help="The samples folder to write (the service's default: INDEX/samples)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="A Street2Shop-layout set whose test street photos to copy."
+    ),
+    count: int = typer.Option(12, min=0, help="Street photos to copy."),
+    real: bool = typer.Option(
+        True, "--real/--no-real", help="Add the real photographs scikit-image/-learn ship."
+    ),
+) -> None:
+    """Copy sample photos for the web page's "try one" strip (GET /v1/samples)."""
+    from visnet.data.samples import write_samples
+    from visnet.data.street2shop import DataFormatError
+
+    try:
+        chosen = write_samples(data, out, count=count, real=real)
+    except (OSError, ValueError, DataFormatError) as exc:
+        _fail(str(exc))
+    for sample in chosen:
+        typer.echo(f"{sample.name:<36} {sample.title}")
+    typer.echo(f"wrote {len(chosen)} sample photos to {out}")
 
 
 # ---------------------------------------------------------------------------------------- detect
@@ -670,7 +700,12 @@ def index_build(
         summary = build_index(catalog, _embedder(model, "auto", 64), out, dim, None, precompute)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    skipped = summary.pop("skipped_images")
     typer.echo(json.dumps(summary, indent=2))
+    for item in skipped[:20]:
+        typer.echo(f"skipped {item['image']}: {item['error']}")
+    if len(skipped) > 20:
+        typer.echo(f"... and {len(skipped) - 20} more (all listed in {out / 'build.json'})")
 
 
 @index_app.command("rebuild")

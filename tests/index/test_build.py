@@ -77,3 +77,45 @@ def test_an_embeddings_folder_keeps_resumable_shards(tmp_path: Path) -> None:
 
 def _pca_fingerprint(index: Path) -> str:
     return json.loads((index / "manifest.json").read_text())["pca"]["fingerprint"]
+
+
+def test_a_plain_catalog_keeps_its_titles_and_attributes(tmp_path: Path) -> None:
+    """CSV and folder catalogs carry their titles (and a CSV its extra columns) into the index,
+    as a JSONL one does: the service shows them on results and product pages."""
+    from PIL import Image
+
+    (tmp_path / "images" / "hats").mkdir(parents=True)
+    for name, colour in [("red-cap", "red"), ("blue_hat", "blue")]:
+        Image.new("RGB", (32, 32), colour).save(tmp_path / "images" / "hats" / f"{name}.jpg")
+    csv = tmp_path / "products.csv"
+    csv.write_text(
+        "id,category,image,title,colour\n"
+        "cap-1,hats,images/hats/red-cap.jpg,A red cap,red\n"
+        "hat-2,hats,images/hats/blue_hat.jpg,A blue hat,blue\n"
+        "bad-3,hats,broken.jpg,Never indexed,none\n"
+    )
+    (tmp_path / "broken.jpg").write_bytes(b"no JPEG")
+    embedder = create_embedder("colour-histogram")
+    summary = build_index(csv, embedder, tmp_path / "from-csv", dim=0)
+    assert summary["catalog_root"] == str(tmp_path.resolve())  # the folder refs are relative to
+    assert summary["skipped"] == 1
+    assert [item["image"] for item in summary["skipped_images"]] == [
+        str((tmp_path / "broken.jpg").resolve())
+    ]
+    assert "not a recognised image" in summary["skipped_images"][0]["error"]
+    build_index(tmp_path / "images", embedder, tmp_path / "from-folder", dim=0)
+    manifest = json.loads((tmp_path / "from-csv" / "manifest.json").read_text())
+    found = {}
+    for name in ["from-csv", "from-folder"]:
+        index = CatalogIndex.open(tmp_path / name, model_fingerprint=manifest["model_fingerprint"])
+        try:
+            for product in index.products.list_products():
+                found[product.id] = (product.title, product.attributes)
+        finally:
+            index.close()
+    assert found == {
+        "cap-1": ("A red cap", {"colour": "red"}),
+        "hat-2": ("A blue hat", {"colour": "blue"}),
+        "hats/red-cap": ("red cap", {}),
+        "hats/blue_hat": ("blue hat", {}),
+    }

@@ -1,8 +1,10 @@
-"""The web page in Debian's Chromium (headless, no network): search, product view, review, phone."""
+"""The web page in Debian's Chromium (headless, no network): search, samples, shop the look,
+browsing, product view, errors a shopper understands, keyboard, review, phone."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ from service_helpers import (
     service_settings,
 )
 
+from visnet.data.samples import write_samples
+from visnet.index.catalog_index import CatalogIndex
+from visnet.index.products import Product
 from visnet.service import create_app
 
 KEY = "browser-key-0123456789"
@@ -44,6 +49,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("browser")
     root, index = build_tiny_catalog(folder)
+    write_samples(root, index / "samples", count=3, real=False)  # the page's "try one" strip
     try:
         queue: Path | None = seed_review_queue(root, folder / "review.sqlite")
     except ImportError:  # the review queue is another stage; the page works without it
@@ -54,6 +60,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     app = create_app(settings)
     with running_server(app) as url:
         yield Site(url, root, queue, app)
+
+
+AISLE = [f"p{i:02d}" for i in range(30)]  # 30 products in one category: two pages of 24
+
+
+@pytest.fixture(scope="module")
+def aisle_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The tiny catalog and a category of 30 more products (with random vectors), for paging."""
+    folder = tmp_path_factory.mktemp("aisle")
+    root, index_dir = build_tiny_catalog(folder)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    index = CatalogIndex.open(index_dir, model_fingerprint=manifest["model_fingerprint"])
+    try:
+        vectors = np.random.default_rng(0).normal(size=(len(AISLE), 1, manifest["embedding_dim"]))
+        index.upsert_many(
+            (Product(pid, "aisle", f"aisle product {pid}", ("photos/1.jpg",)), vector)
+            for pid, vector in zip(AISLE, vectors, strict=True)
+        )
+    finally:
+        index.close()
+    app = create_app(service_settings(index=index_dir, model="colour-histogram"))
+    with running_server(app) as url:
+        yield Site(url, root, None, app)
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +240,239 @@ def test_api_docs_render_offline_under_the_content_policy(browser: Any, site: Si
     assert remote == [] and refused == [], (remote, refused)
     _shot(page, "07-api-docs.png")
     page.context.close()
+
+
+def test_sample_strip_searches_a_sample_in_one_click(browser: Any, site: Site) -> None:
+    page = _page(browser)
+    page.goto(site.url + "/")
+    samples = page.locator("#samples .sample")
+    samples.first.wait_for()
+    assert page.is_visible("#samples-block")
+    assert samples.count() == 3
+    name = samples.nth(1).get_attribute("data-sample")
+    assert name == "street-square-38.jpg"
+    assert "square" in samples.nth(1).get_attribute("aria-label")
+    with page.expect_request(lambda request: request.url.endswith("/v1/search")):
+        samples.nth(1).click()
+    page.wait_for_selector("#results .card")
+    assert page.url.endswith(f"#/sample/{name}")
+    assert samples.nth(1).get_attribute("aria-current") == "true"
+    assert "results in" in page.inner_text("#query-meta")
+    assert page.locator("#query-img").evaluate("img => img.naturalWidth") > 0
+    first = page.locator("#results .card").first.get_attribute("data-product-id")
+    assert first == "7"  # test photo 38 shows product 7: the exact product comes first
+    _shot(page, "08-sample-search.png")
+    page.locator("#results .card").first.click()  # to its product page and back: no new search
+    page.wait_for_selector("#similar .card")
+    searches: list[str] = []
+    page.on("request", lambda r: searches.append(r.url) if "/v1/search" in r.url else None)
+    page.click("#back")
+    page.wait_for_selector("#results .card")
+    assert page.url.endswith(f"#/sample/{name}") and searches == []
+    page.context.close()
+
+
+def test_browse_pages_through_a_category(browser: Any, aisle_site: Site) -> None:
+    page = _page(browser)
+    page.goto(aisle_site.url + "/")
+    page.click("#tiles .tile[data-category='aisle']")
+    page.wait_for_selector("#browse-grid .card")
+    grid = page.locator("#browse-grid .card")
+    assert page.url.endswith("#/browse/aisle")
+    assert grid.count() == 24 and grid.first.get_attribute("data-product-id") == "p00"
+    assert "Page 1 of 2" in page.inner_text("#browse-meta")
+    assert "30 products in aisle" in page.inner_text("#browse-meta")
+    assert page.is_hidden("#prev-page")
+    page.click("#next-page")
+    page.wait_for_selector("#browse-grid[data-page='2']")
+    assert [grid.nth(i).get_attribute("data-product-id") for i in range(grid.count())] == AISLE[24:]
+    assert "Page 2 of 2" in page.inner_text("#browse-meta")
+    assert "after=p23" in page.url and page.is_hidden("#next-page")
+    assert page.evaluate("document.activeElement.id") == "browse-heading"  # focus follows
+    _shot(page, "09-browse-page-2.png")
+    page.click("#prev-page")
+    page.wait_for_selector("#browse-grid[data-page='1']")
+    assert grid.count() == 24
+    page.select_option("#browse-category", "circle")  # another category from the menu
+    page.wait_for_function("() => location.hash === '#/browse/circle'")
+    page.wait_for_selector("#browse-grid .card >> text=circle")
+    assert grid.count() == 4 and "Page 1 of 1" in page.inner_text("#browse-meta")
+    grid.first.click()
+    page.wait_for_selector("#similar .card")
+    assert page.inner_text("#product dd a") == "circle"  # the category links back to the grid
+    page.context.close()
+
+
+def test_product_page_toggles_same_category_similar(browser: Any, site: Site) -> None:
+    page = _page(browser)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/similar" in r.url else None)
+    page.goto(site.url + "/#/product/1")
+    page.wait_for_selector("#similar .card")
+    assert page.inner_text("#product h1")
+    assert page.inner_text("#product dd a") == "circle"
+    assert page.locator("#product .gallery img").count() == 2
+    same = page.locator("#similar .card")
+    assert asked and "same_category=true" in asked[-1]
+    assert {same.nth(i).inner_text().split("\n")[1].split(" ")[0] for i in range(same.count())} == {
+        "circle"
+    }
+    source = page.get_attribute("#similar", "data-source")
+    assert source in ("precomputed", "live")
+    said = "precomputed" if source == "precomputed" else "computed live"
+    assert said in page.inner_text("#similar-meta")
+    assert "same category" in page.inner_text("#similar-meta")
+    before = same.count()
+    with page.expect_request(lambda r: "same_category=false" in r.url):
+        page.uncheck("#same-category")
+    page.wait_for_function(
+        "() => document.querySelector('#similar-meta').textContent.includes('every category')"
+    )
+    assert page.get_attribute("#similar", "data-source") == "live"  # stored lists: same category
+    assert "computed live" in page.inner_text("#similar-meta")
+    assert same.count() > before  # the other categories join the list
+    _shot(page, "10-product-any-category.png")
+    page.check("#same-category")
+    page.wait_for_function(
+        "() => document.querySelector('#similar-meta').textContent.includes('same category')"
+    )
+    assert same.count() == before and "same_category=true" in asked[-1]
+    page.context.close()
+
+
+def test_shop_the_look_boxes_show_their_own_results(browser: Any, site: Site) -> None:
+    engine = site.app.state.engine
+    engine.detector = _TwoBoxes()
+    try:
+        page = _page(browser)
+        _search_by_upload(page, site, "5.jpg")
+        page.wait_for_selector("#boxes rect.pick >> nth=1", state="attached")
+        sections = page.locator("#results section.object")
+        assert sections.count() == 2 and page.locator("#boxes rect.pick").count() == 2
+        buttons = page.locator("#objects button")
+        assert buttons.all_inner_texts() == ["All objects", "Object 1: circle", "Object 2: square"]
+        page.locator("#boxes rect[data-index='1']").click()  # the second box, on the photo
+        assert sections.nth(0).is_hidden() and sections.nth(1).is_visible()
+        assert "active" in page.get_attribute("#boxes rect[data-index='1']", "class")
+        assert buttons.nth(2).get_attribute("aria-pressed") == "true"
+        assert page.evaluate("document.activeElement.id") == "object-1"
+        _shot(page, "11-shop-the-look-object-2.png")
+        buttons.nth(1).focus()  # the same choice from the keyboard
+        page.keyboard.press("Enter")
+        assert sections.nth(0).is_visible() and sections.nth(1).is_hidden()
+        assert "active" not in (page.get_attribute("#boxes rect[data-index='1']", "class") or "")
+        page.locator("#boxes rect[data-index='0']").click()  # the shown one again: all of them
+        assert sections.nth(0).is_visible() and sections.nth(1).is_visible()
+        assert buttons.nth(0).get_attribute("aria-pressed") == "true"
+        page.context.close()
+    finally:
+        engine.detector = None
+
+
+def test_upload_errors_are_explained(browser: Any, site: Site) -> None:
+    page = _page(browser)
+    page.goto(site.url + "/")
+    page.wait_for_selector("#category option:nth-child(2)", state="attached")
+    banner = page.locator("#banner")
+
+    def upload(name: str, mime: str, data: bytes) -> None:
+        page.evaluate("document.querySelector('#banner').hidden = true")
+        page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+        banner.wait_for()
+
+    upload("notes.txt", "text/plain", b"a shopping list")  # refused on the page
+    assert banner.get_attribute("data-code") == "not_an_image"
+    assert "not a photo we can read" in banner.inner_text()
+    assert "notes.txt" in banner.inner_text()
+    upload("photo.jpg", "image/jpeg", b"no JPEG at all" * 20)  # refused by the server: 400
+    assert banner.get_attribute("data-code") == "not_an_image"
+    assert "not a photo we can read" in banner.inner_text()
+    assert page.inner_text("#query-meta") == "This photo could not be searched."
+    assert page.is_hidden("#upload-progress")
+    _shot(page, "12-not-an-image.png")
+    big = b"\xff\xd8" + bytes(10 * 1024 * 1024)  # over the 10 MiB upload limit: 413
+    upload("huge.jpg", "image/jpeg", big)
+    assert banner.get_attribute("data-code") == "upload_too_large"
+    assert "too large" in banner.inner_text()
+    for status, code, said in [
+        (415, "unsupported_image", "format is not supported"),
+        (422, "invalid_request", "not accepted"),
+        (429, "rate_limited", "Too many searches"),
+        (503, "not_ready", "still starting up"),
+    ]:
+        body = json.dumps({"error": code, "message": f"the server says {status}"})
+        page.route("**/v1/search", _answer(status, body))
+        upload("photo.jpg", "image/jpeg", (site.root / "photos" / "1.jpg").read_bytes())
+        assert said in banner.inner_text() and f"the server says {status}" in banner.inner_text()
+        page.unroute("**/v1/search")
+    page.set_input_files("#file", str(site.root / "photos" / "1.jpg"))
+    page.wait_for_selector("#results .card")  # a good photo clears the message
+    assert banner.is_hidden()
+    page.context.close()
+
+
+def test_keyboard_and_screen_reader_basics(browser: Any, site: Site) -> None:
+    page = _page(browser)
+    page.goto(site.url + "/")
+    page.locator("#samples .sample").first.wait_for()
+    assert page.get_attribute("#query-meta", "aria-live") == "polite"
+    assert page.get_attribute("#banner", "role") == "alert"
+    unlabelled = "[...document.querySelectorAll('select, input')].filter(c => !c.labels.length)"
+    assert page.evaluate(f"{unlabelled}.map(c => c.id)") == []
+    page.keyboard.press("Tab")  # the skip link, then the header links, then the photo picker
+    assert page.evaluate("document.activeElement.id") == "skip-link"
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "drop":
+            break
+    assert page.evaluate("document.activeElement.id") == "drop"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(site.root / "photos" / "1.jpg"))
+    page.wait_for_selector("#results .card")
+    page.locator("#samples .sample").first.focus()
+    page.keyboard.press("Enter")  # a sample from the keyboard
+    page.wait_for_function("() => location.hash.startsWith('#/sample/')")
+    page.wait_for_selector("#results .card")
+    missing = page.evaluate("[...document.images].filter(i => !i.hasAttribute('alt')).length")
+    assert missing == 0
+    page.locator("#results .card").first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#similar .card")
+    assert page.evaluate("document.activeElement.id") == "product-heading"
+    shown = "[...document.querySelectorAll('#view-product img')]"
+    assert page.evaluate(f"{shown}.filter(i => !i.alt).length") == 0  # product images: named
+    page.context.close()
+
+
+def test_landing_and_browse_fit_a_phone(browser: Any, aisle_site: Site) -> None:
+    page = _page(browser, width=375, height=812)
+    page.goto(aisle_site.url + "/")
+    page.wait_for_selector("#tiles .tile")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _shot(page, "13-landing-375px.png")
+    page.goto(aisle_site.url + "/#/browse/aisle")
+    page.wait_for_selector("#browse-grid .card")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    columns = page.evaluate(
+        "getComputedStyle(document.querySelector('#browse-grid')).gridTemplateColumns"
+        ".split(' ').length"
+    )
+    assert columns == 2
+    _shot(page, "14-browse-375px.png")
+    page.goto(aisle_site.url + "/#/product/p01")
+    page.wait_for_selector("#similar .card")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.context.close()
+
+
+def _answer(status: int, body: str) -> Any:
+    """A route handler that answers every request with this status and JSON body."""
+
+    def handler(route: Any) -> None:
+        route.fulfill(status=status, body=body, content_type="application/json")
+
+    return handler
 
 
 class _TwoBoxes:

@@ -109,7 +109,8 @@ def _pct(value: float | None) -> str:
 def eval_markdown(result: dict[str, Any]) -> str:
     """A markdown table of one evaluation: recall@k (%) per category and overall."""
     ks = [key for key in result["overall"] if key.startswith("recall@")]
-    boxes = f" x{result['detector_boxes']}" if "detector_boxes" in result else ""
+    count = result.get("detector_boxes")
+    boxes = "" if count is None else " (the shopper's box)" if count == 0 else f" x{count}"
     lines = [
         f"**{result['model']}** on `{result['data']}` ({result['split']}, "
         f"crops={result['crops']}{boxes}, "

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from visnet.data.catalog import read_side_info
+from visnet.data.catalog import read_catalog, read_side_info
 from visnet.embed.job import CatalogRow, catalog_rows, embed_catalog, read_shards, run_embed_job
 from visnet.embed.pipeline import PipelineSettings
 from visnet.embed.registry import embedder_fingerprint
@@ -39,8 +39,27 @@ INGEST_BATCH = 4096  # products per write: one SQLite transaction pair each
 PRECOMPUTE_K = 20  # recommendations stored per product, unless told otherwise
 
 
+# the catalog.jsonl attributes of a Street2Shop-layout set that products keep (the others, such
+# as every view's path and the source file, are the data set's bookkeeping)
+SET_ATTRIBUTES = ("variant_of", "kind", "split", "hue_shift")
+
+
+def _side_info(source: Path) -> tuple[dict[str, dict[str, Any]], tuple[str, ...] | None]:
+    """Titles and attributes by product id, and the attributes to keep (None: all): a
+    Street2Shop-layout set's catalog.jsonl, else the plain catalog's own rows (CSV, JSONL or
+    folder: every attribute is the catalog owner's)."""
+    if (source / "meta" / "json").is_dir():
+        return read_side_info(source), SET_ATTRIBUTES
+    items = read_catalog(source)
+    return {item.id: {"title": item.title, "attributes": item.attributes} for item in items}, None
+
+
 def _products(
-    rows: list[CatalogRow], vectors: np.ndarray, info: dict[str, dict[str, Any]], root: Path
+    rows: list[CatalogRow],
+    vectors: np.ndarray,
+    info: dict[str, dict[str, Any]],
+    root: Path,
+    keep: tuple[str, ...] | None = SET_ATTRIBUTES,
 ) -> list[tuple[Product, np.ndarray]]:
     by_product: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
@@ -50,9 +69,7 @@ def _products(
         first = rows[indices[0]]
         extra = info.get(product_id, {})
         attributes = {
-            k: v
-            for k, v in (extra.get("attributes") or {}).items()
-            if k in ("variant_of", "kind", "split", "hue_shift")
+            k: v for k, v in (extra.get("attributes") or {}).items() if keep is None or k in keep
         }
         images = tuple(_relative(rows[i].image, root) for i in indices)
         product = Product(
@@ -106,14 +123,16 @@ def build_index(
     pca = reduction(vectors[order], dim)
     staging = staging_folder(out)
     root = source if source.is_dir() else source.parent
-    items = _products(rows, vectors, read_side_info(source), root)
+    info, keep = _side_info(source)
+    items = _products(rows, vectors, info, root, keep)
     written = write_index(staging, items, manifest, pca, precompute_k)
     summary = {
         **written,
         "model": manifest["model"],
         "skipped": len(manifest["skipped"]),
-        "catalog_root": str(source.resolve()),
+        "catalog_root": str(root.resolve()),  # image refs are relative to it: a folder
         "precompute_k": precompute_k,
+        "skipped_images": manifest["skipped"],  # [{"image", "error"}]: what to fix, and why
     }
     (staging / "build.json").write_text(json.dumps(summary, indent=2))
     replace_folder(staging, out)

@@ -130,7 +130,11 @@ def _catalog_root(settings: ServiceSettings) -> Path | None:
     build = settings.index / "build.json"
     if build.is_file():
         root = json.loads(build.read_text()).get("catalog_root")
-        return Path(root) if root else None
+        if not root:
+            return None
+        # indexes built from a CSV or JSONL file before 2026-12 recorded the file, whose folder
+        # the image refs are relative to
+        return Path(root).parent if Path(root).is_file() else Path(root)
     return None
 
 

@@ -45,7 +45,7 @@ WHEN = {  # what each documented error status means, for /openapi.json
     401: "the X-API-Key header is missing (`unauthorized`)",
     403: "the X-API-Key header is wrong, or writes are disabled (`wrong_api_key`, "
     "`writes_disabled`)",
-    404: "no such product, image or triplet",
+    404: "no such product, image, sample photo or triplet",
     413: "the body or the image is too large (`upload_too_large`, `image_too_large`)",
     415: "an image format that is not accepted (`unsupported_image`)",
     422: "a parameter is missing or out of its bounds (`invalid_request`)",

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Securi
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, Response
 
+from visnet.data.samples import Sample, list_samples, sample_file
 from visnet.index.products import Product
 from visnet.service import files
 from visnet.service.answers import Match, ObjectResults, ProductPage, SearchResults, Similar
@@ -36,6 +37,8 @@ from visnet.service.schemas import (
     QueryOut,
     ReadyOut,
     ResultOut,
+    SampleOut,
+    SamplesOut,
     SearchOut,
     SimilarOut,
 )
@@ -274,6 +277,49 @@ async def product_image(
     if path is None:
         raise ApiError(404, "image_not_found", f"product {product_id!r} has no image view {view}")
     headers = {"Cache-Control": IMAGE_CACHE, "X-Content-Type-Options": "nosniff"}
+    return FileResponse(path, media_type=files.media_type(path), headers=headers)
+
+
+# ---- sample photos ---------------------------------------------------------------------------
+
+
+def sample_url(name: str) -> str:
+    return f"/v1/samples/{name}"
+
+
+def sample_out(sample: Sample) -> SampleOut:
+    return SampleOut(
+        name=sample.name,
+        title=sample.title,
+        credit=sample.credit,
+        image_url=sample_url(sample.name),
+    )
+
+
+@router.get("/v1/samples", response_model=SamplesOut, tags=["search"])
+async def samples(settings: SettingsDep) -> SamplesOut:
+    """Sample photos to try a search with (`visnet samples` writes them; the `samples_dir`
+    setting says where): an empty list when there are none."""
+    found = await run_in_threadpool(list_samples, settings.samples_folder)
+    return SamplesOut(samples=[sample_out(sample) for sample in found])
+
+
+@router.get(
+    "/v1/samples/{name}",
+    responses={200: IMAGE_CONTENT, **errors(404)},
+    response_class=Response,
+    tags=["search"],
+)
+async def sample_image(
+    settings: SettingsDep,
+    name: Annotated[str, Path(description="a sample's name, as `GET /v1/samples` lists it")],
+) -> Response:
+    """One sample photo, by name (a file directly in the samples folder, never a path)."""
+    path = await run_in_threadpool(sample_file, settings.samples_folder, name)
+    if path is None:
+        raise ApiError(404, "sample_not_found", f"there is no sample photo {name!r}")
+    # nosniff: PageHeadersMiddleware adds it to every response
+    headers = {"Cache-Control": IMAGE_CACHE}
     return FileResponse(path, media_type=files.media_type(path), headers=headers)
 
 

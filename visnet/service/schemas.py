@@ -26,6 +26,8 @@ __all__ = [
     "ReviewDecisionIn",
     "ReviewNextOut",
     "ReviewStatsOut",
+    "SampleOut",
+    "SamplesOut",
     "SearchOut",
     "SimilarOut",
     "TripletMemberOut",
@@ -112,6 +114,17 @@ class CategoryOut(BaseModel):
 class CategoriesOut(BaseModel):
     categories: list[CategoryOut]
     total: int
+
+
+class SampleOut(BaseModel):
+    name: str = Field(description="the file name; `GET /v1/samples/{name}` serves it")
+    title: str
+    credit: str = Field(description="where the photo comes from and its licence; may be empty")
+    image_url: str
+
+
+class SamplesOut(BaseModel):
+    samples: list[SampleOut] = Field(description="sample photos to search with, in page order")
 
 
 class HealthOut(BaseModel):

@@ -55,6 +55,8 @@ class ServiceSettings(BaseSettings):
     category_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_objects: int = Field(5, ge=1)
     catalog_root: Path | None = None  # default: build.json's catalog_root
+    # the web page's sample photos (`visnet samples`); default: INDEX/samples when it exists
+    samples_dir: Path | None = None
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)  # the whole request body
     # Connection limits (visnet/service/protocol.py). The request line and headers must arrive
     # within header_timeout s of the connection opening (or of their first byte on a kept-alive
@@ -86,7 +88,9 @@ class ServiceSettings(BaseSettings):
     model_workers: int = Field(1, ge=1)  # model calls (detect, embed) running at once
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
-    @field_validator("index", "review_queue", "review_root", "detector", "catalog_root")
+    @field_validator(
+        "index", "review_queue", "review_root", "detector", "catalog_root", "samples_dir"
+    )
     @classmethod
     def _expand_user(cls, path: Path | None) -> Path | None:
         return None if path is None else path.expanduser()
@@ -106,6 +110,11 @@ class ServiceSettings(BaseSettings):
     @property
     def writes_enabled(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def samples_folder(self) -> Path:
+        """Where the sample photos are: ``samples_dir``, else the index folder's ``samples``."""
+        return self.samples_dir if self.samples_dir is not None else self.index / "samples"
 
 
 def _from_file(path: Path) -> dict[str, Any]:

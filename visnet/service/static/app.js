@@ -1,4 +1,5 @@
-// VisNet web page: search by photo, product view with "more like this", triplet review.
+// VisNet web page: search by photo (upload or a sample), shop the look, catalog browsing,
+// product view with "more like this", triplet review.
 // Plain JavaScript, no build step. Every value from the server goes in as text, never as HTML.
 "use strict";
 
@@ -6,16 +7,31 @@ const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const KEY_STORE = "visnet.apiKey";
 const REVIEWER_STORE = "visnet.reviewer";
-const state = { file: null, queryUrl: null, afterTriplet: 0, triplet: null, busy: false };
+const PAGE_SIZE = 24; // products per catalog page
+const SIMILAR_K = 12;
+const TILE_IMAGES = 24; // category tiles that fetch a picture (one request each)
+const state = {
+  file: null, // the photo searched (an upload or a sample's bytes)
+  sample: null, // the sample's name when the photo is one
+  queryUrl: null,
+  searchToken: 0, // answers of searches started since the last one are dropped
+  activeObject: null, // the detected object whose results alone are shown; null: all
+  productId: null,
+  browse: { key: null, cursors: [] }, // the cursor of each page seen of one listing
+  routed: 0, // route changes so far (focus moves to the new view after the first)
+  afterTriplet: 0,
+  triplet: null,
+  busy: false,
+};
 
 // ---- helpers ------------------------------------------------------------------------------
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs)) {
-    if (value === null || value === undefined) continue;
+    if (value === null || value === undefined || value === false) continue;
     if (name === "class") node.className = value;
-    else node.setAttribute(name, value);
+    else node.setAttribute(name, value === true ? "" : value);
   }
   for (const child of children) {
     if (child === null || child === undefined) continue;
@@ -30,27 +46,98 @@ function svg(tag, attrs = {}) {
   return node;
 }
 
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const text = await response.text();
+// A response -> its JSON body, or an Error carrying the API's status and error code.
+function answer(status, text) {
   let body = null;
   try {
     body = text ? JSON.parse(text) : null;
   } catch (_) {
     body = null;
   }
-  if (!response.ok) {
-    const error = new Error(body && body.message ? body.message : `HTTP ${response.status}`);
+  if (status < 200 || status >= 300) {
+    const error = new Error(body && body.message ? body.message : `HTTP ${status}`);
     error.code = body && body.error;
-    error.status = response.status;
+    error.status = status;
     throw error;
   }
   return body;
 }
 
+function networkError() {
+  const error = new Error("the server did not answer");
+  error.code = "network";
+  error.status = 0;
+  return error;
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (_) {
+    throw networkError();
+  }
+  return answer(response.status, await response.text());
+}
+
+// POST a form with upload progress (fetch reports none): onProgress gets 0..1.
+function upload(path, form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    });
+    xhr.upload.addEventListener("load", () => onProgress(1));
+    xhr.addEventListener("load", () => {
+      try {
+        resolve(answer(xhr.status, xhr.responseText));
+      } catch (error) {
+        reject(error);
+      }
+    });
+    xhr.addEventListener("error", () => reject(networkError()));
+    xhr.send(form);
+  });
+}
+
+// What each API error means to a shopper, by error code, then by HTTP status.
+const SAY = {
+  upload_too_large: "This photo is too large to upload. Try a smaller copy of it.",
+  image_too_large: "This photo has too many pixels to search. Try a smaller copy of it.",
+  not_an_image: "This file is not a photo we can read. Choose a JPEG, PNG or WebP image.",
+  truncated_image: "This photo is incomplete (cut off while it was saved or downloaded). Try another copy.",
+  bad_aspect_ratio: "This picture is too long and thin to search. Crop it around the product and try again.",
+  unsupported_image: "This image format is not supported. Choose a JPEG, PNG or WebP photo.",
+  not_ready: "The search is still starting up. Try again in a few seconds.",
+  unknown_product: "This product is not in the catalog (any more).",
+  sample_not_found: "This sample photo is not available any more.",
+  network: "The server could not be reached. Check the connection and try again.",
+};
+const SAY_STATUS = {
+  400: "This file is not a photo we can read. Choose a JPEG, PNG or WebP image.",
+  404: "That page or picture was not found.",
+  408: "The upload took too long. Try again, or with a smaller photo.",
+  413: "This photo is too large to upload. Try a smaller copy of it.",
+  415: "This image format is not supported. Choose a JPEG, PNG or WebP photo.",
+  422: "The request was not accepted. Reload the page and try again.",
+  429: "Too many searches at once. Wait a moment and try again.",
+  503: "The search is busy or still starting up. Try again in a few seconds.",
+};
+
 function showError(error) {
   const banner = $("banner");
-  banner.textContent = error.message || String(error);
+  const status = error && error.status;
+  const headline =
+    (error && SAY[error.code]) ||
+    SAY_STATUS[status] ||
+    (status >= 500 ? "Something went wrong on our side. Please try again." : null);
+  const detail = error && error.message ? error.message : String(error);
+  banner.replaceChildren(
+    el("strong", {}, headline || detail),
+    headline ? el("span", { class: "detail" }, ` (${detail})`) : null,
+  );
+  banner.dataset.code = (error && error.code) || (status ? String(status) : "page");
   banner.hidden = false;
 }
 
@@ -62,28 +149,53 @@ function score(value) {
   return typeof value === "number" ? value.toFixed(3) : "";
 }
 
+function productHash(id) {
+  return `#/product/${encodeURIComponent(id)}`;
+}
+
 function productCard(result) {
   const id = result.product_id;
   const image = result.image_url
-    ? el("img", { src: result.image_url, alt: result.title || id, loading: "lazy" })
+    ? el("img", { src: result.image_url, alt: result.title || `product ${id}`, loading: "lazy" })
     : el("div", { class: "noimage" });
+  const sub = typeof result.score === "number" ? `${result.category} · ${score(result.score)}` : result.category;
   return el(
     "a",
-    { class: "card", href: `#/product/${encodeURIComponent(id)}`, "data-product-id": id },
+    { class: "card", href: productHash(id), "data-product-id": id },
     image,
     el("div", { class: "title", title: result.title || id }, result.title || id),
-    el("div", { class: "sub" }, `${result.category} · ${score(result.score)}`),
+    el("div", { class: "sub" }, sub),
   );
 }
 
+function listing(product) {
+  const image = product.images && product.images.length ? product.images[0] : null;
+  return { product_id: product.id, title: product.title, category: product.category, image_url: image };
+}
+
+function cards(results, empty) {
+  const shown = results.map(productCard);
+  return shown.length ? shown : [el("p", { class: "meta" }, empty)];
+}
+
 // Draw boxes ([x0, y0, x1, y1] in image pixels) over an image whose natural size is known.
+// Boxes with a `name` are buttons for the mouse (the page lists the same choices as buttons).
 function drawBoxes(overlay, width, height, boxes) {
   overlay.setAttribute("viewBox", `0 0 ${width} ${height}`);
   overlay.replaceChildren();
   const size = Math.max(6, Math.max(width, height) / 24); // labels scale with the photo
-  boxes.forEach(({ box, label, index }) => {
+  const area = ({ box }) => (box[2] - box[0]) * (box[3] - box[1]);
+  // the larger first, so a box inside another stays on top, where a click reaches it
+  [...boxes].sort((a, b) => area(b) - area(a)).forEach(({ box, label, index, name }) => {
     const [x0, y0, x1, y1] = box;
-    overlay.append(svg("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, "data-index": index }));
+    const rect = svg("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, "data-index": index });
+    if (name) {
+      rect.classList.add("pick");
+      const title = svg("title");
+      title.textContent = name;
+      rect.append(title);
+    }
+    overlay.append(rect);
     if (label) {
       const text = svg("text", { x: x0 + size / 3, y: y0 + size * 1.1 });
       text.style.fontSize = `${size}px`;
@@ -96,67 +208,216 @@ function drawBoxes(overlay, width, height, boxes) {
 
 // ---- routing ------------------------------------------------------------------------------
 
+const VIEWS = ["search", "browse", "product", "review"];
+const HEADINGS = { search: "search-heading", browse: "browse-heading" };
+
 function showView(name) {
-  for (const view of ["search", "product", "review"]) $(`view-${view}`).hidden = view !== name;
+  for (const view of VIEWS) $(`view-${view}`).hidden = view !== name;
+  const nav = name === "product" ? null : name;
   document.querySelectorAll("[data-nav]").forEach((link) => {
-    link.classList.toggle("active", link.dataset.nav === (name === "product" ? "search" : name));
+    const here = link.dataset.nav === nav;
+    link.classList.toggle("active", here);
+    if (here) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   });
+  if (name !== "product") document.title = name === "search" ? "VisNet: visual search" : `VisNet: ${name}`;
+}
+
+// After a navigation (not the first load), put the keyboard and screen reader on the new view.
+function focusView(id) {
+  if (state.routed > 1 && $(id)) $(id).focus({ preventScroll: false });
+}
+
+function run(work) {
+  Promise.resolve().then(work).catch(showError);
 }
 
 function route() {
   clearError();
-  const hash = location.hash || "#/";
-  const product = hash.match(/^#\/product\/(.+)$/);
-  if (product) {
+  state.routed += 1;
+  const [path, query] = (location.hash || "#/").slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  let match;
+  if ((match = path.match(/^\/product\/(.+)$/))) {
     showView("product");
-    Promise.resolve()
-      .then(() => showProduct(decodeURIComponent(product[1])))
-      .catch(showError);
-  } else if (hash === "#/review") {
+    run(() => showProduct(decodeURIComponent(match[1])));
+  } else if ((match = path.match(/^\/browse(?:\/(.+))?$/))) {
+    showView("browse");
+    const category = match[1] ? decodeURIComponent(match[1]) : "";
+    const page = Math.max(1, parseInt(params.get("page"), 10) || 1);
+    run(() => showBrowse(category, params.get("after"), page));
+  } else if ((match = path.match(/^\/sample\/(.+)$/))) {
+    showView("search");
+    run(() => searchSample(decodeURIComponent(match[1])));
+  } else if (path === "/review") {
     showView("review");
     loadTriplet().catch(showError);
   } else {
     showView("search");
+    focusView(HEADINGS.search);
   }
+}
+
+// ---- landing: categories and sample photos ----------------------------------------------------
+
+async function loadCategories() {
+  const data = await api("/v1/categories");
+  for (const id of ["category", "browse-category"]) {
+    const select = $(id);
+    for (const { name, count } of data.categories) {
+      select.append(el("option", { value: name }, `${name} (${count})`));
+    }
+  }
+  const browsing = location.hash.match(/^#\/browse\/([^?]+)/);
+  if (browsing) $("browse-category").value = decodeURIComponent(browsing[1]);
+  const tiles = data.categories.map(({ name, count }, i) => {
+    const picture = el("span", { class: "tile-img", "aria-hidden": "true" });
+    if (i < TILE_IMAGES) {
+      api(`/v1/products?category=${encodeURIComponent(name)}&limit=1`)
+        .then((page) => {
+          const first = page.products[0];
+          if (first && first.images.length) picture.append(el("img", { src: first.images[0], alt: "", loading: "lazy" }));
+        })
+        .catch(() => {}); // a tile without a picture is still a link
+    }
+    const link = el(
+      "a",
+      { href: browseHash(name), class: "tile", "data-category": name },
+      picture,
+      el("span", { class: "tile-name" }, name),
+      el("span", { class: "tile-count" }, `${count} products`),
+    );
+    return el("li", {}, link);
+  });
+  const all = el("a", { href: "#/browse", class: "tile all" }, el("span", { class: "tile-name" }, "Everything"),
+    el("span", { class: "tile-count" }, `${data.total} products`));
+  $("tiles").replaceChildren(el("li", {}, all), ...tiles);
+}
+
+async function loadSamples() {
+  const data = await api("/v1/samples");
+  const items = data.samples.map((sample) => {
+    const link = el(
+      "a",
+      {
+        class: "sample",
+        href: `#/sample/${encodeURIComponent(sample.name)}`,
+        "data-sample": sample.name,
+        title: sample.credit ? `${sample.title} · ${sample.credit}` : sample.title,
+      },
+      el("img", { src: sample.image_url, alt: "", loading: "lazy" }),
+      el("span", { class: "sample-title" }, sample.title),
+    );
+    link.setAttribute("aria-label", `Search with this photo: ${sample.title}`);
+    return el("li", {}, link);
+  });
+  $("samples").replaceChildren(...items);
+  $("samples-block").hidden = items.length === 0;
+  markSample();
+}
+
+function markSample() {
+  document.querySelectorAll("#samples .sample").forEach((link) => {
+    if (link.dataset.sample === state.sample) link.setAttribute("aria-current", "true");
+    else link.removeAttribute("aria-current");
+  });
 }
 
 // ---- search -------------------------------------------------------------------------------
 
-async function loadCategories() {
-  const data = await api("/v1/categories");
-  const select = $("category");
-  for (const { name, count } of data.categories) {
-    select.append(el("option", { value: name }, `${name} (${count})`));
-  }
-}
-
 function pickFile(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) {
-    showError(new Error(`${file.name || "that file"} is not an image`));
+    const error = new Error(`${file.name || "that file"} is a ${file.type} file`);
+    error.code = "not_an_image";
+    showError(error);
     return;
   }
+  if (location.hash !== "#/" && location.hash !== "") {
+    history.pushState(null, "", "#/"); // the photo is no sample: leave a sample's address
+    showView("search");
+  }
   state.file = file;
+  state.sample = null;
+  markSample();
   search().catch(showError);
+}
+
+async function searchSample(name) {
+  if (state.sample === name && state.file && $("results").childElementCount) return; // shown
+  state.sample = name;
+  markSample();
+  $("query-meta").textContent = "Loading the sample photo…";
+  const response = await fetch(`/v1/samples/${encodeURIComponent(name)}`).catch(() => {
+    throw networkError();
+  });
+  if (!response.ok) answer(response.status, await response.text()); // throws the API's error
+  const blob = await response.blob();
+  if (state.sample !== name) return; // another photo was chosen meanwhile
+  state.file = new File([blob], name, { type: blob.type || "image/jpeg" });
+  await search();
+}
+
+function setProgress(fraction) {
+  const bar = $("upload-progress");
+  if (fraction === null) {
+    bar.removeAttribute("value"); // indeterminate: the server is working
+  } else {
+    bar.value = Math.round(100 * fraction);
+  }
 }
 
 async function search() {
   if (!state.file) return;
+  const token = ++state.searchToken;
   clearError();
   if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
   state.queryUrl = URL.createObjectURL(state.file);
+  const frame = $("query").querySelector(".frame");
+  frame.hidden = false;
+  $("query-img").onerror = () => {
+    frame.hidden = true; // the browser cannot show it either: no broken picture
+  };
   $("query-img").onload = null;
   $("query-img").src = state.queryUrl;
+  $("query-img").alt = state.sample ? `Sample photo: ${state.sample}` : `Your photo${state.file.name ? `: ${state.file.name}` : ""}`;
   $("boxes").replaceChildren();
+  $("objects").replaceChildren();
+  $("objects").hidden = true;
   $("query").hidden = false;
-  $("query-meta").textContent = "Searching…";
+  $("home").hidden = true;
   $("results").replaceChildren();
+  $("results").setAttribute("aria-busy", "true");
+  $("query-meta").textContent = "Uploading your photo…";
+  $("upload-progress").hidden = false;
+  setProgress(0);
   const form = new FormData();
   form.append("image", state.file, state.file.name || "photo.png");
   if ($("category").value) form.append("category", $("category").value);
   form.append("k", $("k").value);
-  const data = await api("/v1/search", { method: "POST", body: form });
-  renderSearch(data);
+  try {
+    const data = await upload("/v1/search", form, (fraction) => {
+      if (token !== state.searchToken) return;
+      if (fraction < 1) {
+        setProgress(fraction);
+        $("query-meta").textContent = `Uploading your photo… ${Math.round(100 * fraction)}%`;
+      } else {
+        setProgress(null);
+        $("query-meta").textContent = "Searching…";
+      }
+    });
+    if (token === state.searchToken) renderSearch(data);
+  } catch (error) {
+    if (token !== state.searchToken) return;
+    $("query-meta").textContent = "This photo could not be searched.";
+    if ([400, 413, 415].includes(error.status)) frame.hidden = true;
+    throw error;
+  } finally {
+    if (token === state.searchToken) {
+      $("upload-progress").hidden = true;
+      $("results").removeAttribute("aria-busy");
+    }
+  }
 }
 
 // The detector's category, where it is at least even odds (a sure product can be an unsure kind).
@@ -164,35 +425,86 @@ function shownLabel(query) {
   return query.label && (query.label_score ?? 1) >= 0.5 ? query.label : null;
 }
 
+function objectName(query, index) {
+  return `Object ${index + 1}: ${shownLabel(query) || "item"}`;
+}
+
 function renderSearch(data) {
   const count = data.queries.reduce((sum, query) => sum + query.results.length, 0);
   const objects = data.queries.filter((query) => query.box).length;
   const found = objects ? `${objects} object${objects > 1 ? "s" : ""} found, ` : "";
   $("query-meta").textContent = `${found}${count} results in ${Math.round(data.took_ms)} ms`;
+  $("query-meta").dataset.tookMs = data.took_ms;
+  state.activeObject = null;
+  const pickable = objects > 1;
   const image = $("query-img");
   const boxes = data.queries
-    .map((query, index) => ({ box: query.box, label: shownLabel(query), index }))
+    .map((query, index) => ({
+      box: query.box,
+      label: pickable ? `${index + 1} ${shownLabel(query) || ""}`.trim() : shownLabel(query),
+      index,
+      name: pickable ? objectName(query, index) : null,
+    }))
     .filter((item) => item.box);
   const draw = () => drawBoxes($("boxes"), image.naturalWidth, image.naturalHeight, boxes);
   if (image.complete && image.naturalWidth) draw();
   else image.onload = draw;
   const sections = data.queries.map((query, index) => {
-    const title = query.box
-      ? `Object ${index + 1}: ${shownLabel(query) || "item"} (${score(query.score)})`
-      : "Results";
+    const title = query.box ? `${objectName(query, index)} (${score(query.score)})` : "Results";
     const filter = query.category ? ` in ${query.category}` : "";
+    const heading = el("h2", { id: `object-${index}`, tabindex: "-1" }, title + filter);
     const grid = el("div", { class: "grid" }, ...query.results.map(productCard));
     const empty = query.results.length ? null : el("p", { class: "meta" }, "No products found.");
-    return el("section", { class: "object", "data-index": index }, el("h2", {}, title + filter), grid, empty);
+    const attrs = { class: "object", id: `object-list-${index}`, "data-index": index, "aria-labelledby": `object-${index}` };
+    return el("section", attrs, heading, grid, empty);
   });
   $("results").replaceChildren(...sections);
+  const buttons = pickable
+    ? data.queries.map((query, index) =>
+        el("button", { type: "button", "data-index": index, "aria-pressed": "false", "aria-controls": `object-list-${index}` },
+          objectName(query, index)))
+    : [];
+  if (buttons.length) {
+    const all = el("button", { type: "button", "data-index": "all", "aria-pressed": "true" }, "All objects");
+    $("objects").replaceChildren(el("span", { class: "meta" }, "Shop the look: pick an object"), all, ...buttons);
+  }
+  $("objects").hidden = !buttons.length;
+}
+
+// Show one detected object's results (null: every object's), and mark its box and button.
+function selectObject(index, focus = true) {
+  state.activeObject = state.activeObject === index ? null : index;
+  const active = state.activeObject;
+  document.querySelectorAll("#results section.object").forEach((section) => {
+    const mine = Number(section.dataset.index) === active;
+    section.hidden = active !== null && !mine;
+    section.classList.toggle("active", mine);
+  });
+  document.querySelectorAll("#boxes rect").forEach((rect) => {
+    rect.classList.toggle("active", Number(rect.dataset.index) === active);
+  });
+  document.querySelectorAll("#objects button").forEach((button) => {
+    const mine = button.dataset.index === "all" ? active === null : Number(button.dataset.index) === active;
+    button.setAttribute("aria-pressed", String(mine));
+  });
+  if (focus && active !== null) {
+    const heading = $(`object-${active}`);
+    heading.focus({ preventScroll: true });
+    heading.scrollIntoView({ block: "nearest" });
+  }
 }
 
 function setupSearch() {
   const drop = $("drop");
-  $("file").addEventListener("change", (event) => pickFile(event.target.files[0]));
+  $("file").addEventListener("change", (event) => {
+    pickFile(event.target.files[0]);
+    event.target.value = ""; // the same file again is a new search
+  });
   drop.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") $("file").click();
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      $("file").click();
+    }
   });
   drop.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -208,32 +520,129 @@ function setupSearch() {
     const item = [...(event.clipboardData || { items: [] }).items].find((i) => i.type.startsWith("image/"));
     if (!item) return;
     if (location.hash.startsWith("#/review")) return;
-    location.hash = "#/";
     pickFile(item.getAsFile());
   });
   $("category").addEventListener("change", () => search().catch(showError));
   $("k").addEventListener("change", () => search().catch(showError));
+  $("boxes").addEventListener("click", (event) => {
+    const rect = event.target.closest("rect.pick");
+    if (rect) selectObject(Number(rect.dataset.index));
+  });
+  $("objects").addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.dataset.index === "all") {
+      state.activeObject = null;
+      selectObject(null, false);
+    } else {
+      selectObject(Number(button.dataset.index));
+    }
+  });
+  $("skip-link").addEventListener("click", (event) => {
+    event.preventDefault(); // "#main" is no route
+    $("main").focus();
+  });
+}
+
+// ---- browse -------------------------------------------------------------------------------
+
+function browseHash(category, after = null, page = 1) {
+  const path = category ? `#/browse/${encodeURIComponent(category)}` : "#/browse";
+  if (!after || page <= 1) return path;
+  return `${path}?${new URLSearchParams({ after, page: String(page) })}`;
+}
+
+async function showBrowse(category, after, page) {
+  const key = category || "";
+  if (state.browse.key !== key) state.browse = { key, cursors: [] };
+  state.browse.cursors[page - 1] = page > 1 ? after : null;
+  $("browse-category").value = category;
+  $("browse-heading").textContent = category ? `Catalog: ${category}` : "Catalog";
+  document.title = `VisNet: ${category || "catalog"}`;
+  $("browse-meta").textContent = "Loading…";
+  $("browse-grid").setAttribute("aria-busy", "true");
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (category) params.set("category", category);
+  if (after && page > 1) params.set("cursor", after);
+  const data = await api(`/v1/products?${params}`);
+  if (state.browse.key !== key) return;
+  $("browse-grid").replaceChildren(...cards(data.products.map(listing), "No products in this category."));
+  $("browse-grid").removeAttribute("aria-busy");
+  $("browse-grid").dataset.page = String(page);
+  const pages = Math.max(1, Math.ceil(data.total / PAGE_SIZE));
+  const where = category ? ` in ${category}` : "";
+  $("browse-meta").textContent = `Page ${page} of ${pages} · ${data.total} products${where}`;
+  const next = $("next-page");
+  next.hidden = !data.next_cursor;
+  if (data.next_cursor) next.href = browseHash(category, data.next_cursor, page + 1);
+  const prev = $("prev-page");
+  prev.hidden = page <= 1;
+  const known = state.browse.cursors[page - 2];
+  prev.href = known !== undefined ? browseHash(category, known, page - 1) : browseHash(category);
+  prev.textContent = known !== undefined || page === 2 ? "\u2190 Previous page" : "\u2190 First page";
+  focusView("browse-heading");
+}
+
+function setupBrowse() {
+  $("browse-category").addEventListener("change", (event) => {
+    location.hash = browseHash(event.target.value);
+  });
 }
 
 // ---- product ------------------------------------------------------------------------------
 
 async function showProduct(id) {
+  state.productId = id;
   $("product").replaceChildren(el("p", { class: "meta" }, "Loading…"));
   $("similar").replaceChildren();
+  $("similar-meta").textContent = "";
   const path = `/v1/products/${encodeURIComponent(id)}`;
-  const [product, similar] = await Promise.all([api(path), api(`${path}/similar?k=12`)]);
+  const [product] = await Promise.all([api(path), loadSimilar(id)]);
+  if (state.productId !== id) return;
+  const name = product.title || product.id;
   const gallery = el("div", { class: "gallery" },
-    ...product.images.map((url, view) => el("img", { src: url, alt: `${product.title || id}, view ${view + 1}` })));
+    ...product.images.map((url, view) => el("img", { src: url, alt: `${name}, view ${view + 1} of ${product.images.length}` })));
   const facts = el("dl", {});
-  const rows = [["id", product.id], ["category", product.category], ...Object.entries(product.attributes || {})];
-  for (const [name, value] of rows) {
-    facts.append(el("dt", {}, name), el("dd", {}, typeof value === "object" ? JSON.stringify(value) : value));
+  const category = el("a", { href: browseHash(product.category) }, product.category);
+  const rows = [["category", category], ["id", product.id], ...Object.entries(product.attributes || {})];
+  for (const [label, value] of rows) {
+    const shown = value instanceof Node || typeof value !== "object" ? value : JSON.stringify(value);
+    facts.append(el("dt", {}, label), el("dd", {}, shown));
   }
-  const info = el("div", {}, el("h1", {}, product.title || product.id), facts);
-  $("product").replaceChildren(gallery, info);
+  const heading = el("h1", { tabindex: "-1", id: "product-heading" }, name);
+  $("product").replaceChildren(gallery, el("div", {}, heading, facts));
   $("product").dataset.productId = product.id;
-  const cards = similar.results.map(productCard);
-  $("similar").replaceChildren(...(cards.length ? cards : [el("p", { class: "meta" }, "Nothing similar yet.")]));
+  document.title = `${name} · VisNet`;
+  focusView("product-heading");
+}
+
+// "More like this": same category only, or any; says whether the list was stored or searched.
+async function loadSimilar(id) {
+  const same = $("same-category").checked;
+  $("similar").setAttribute("aria-busy", "true");
+  const path = `/v1/products/${encodeURIComponent(id)}/similar?k=${SIMILAR_K}&same_category=${same}`;
+  const data = await api(path);
+  if (state.productId !== id || $("same-category").checked !== same) return;
+  $("similar").replaceChildren(...cards(data.results, "Nothing similar yet."));
+  $("similar").removeAttribute("aria-busy");
+  $("similar").dataset.source = data.source;
+  const scope = same ? "in the same category" : "in every category";
+  const how = data.source === "precomputed"
+    ? "precomputed when the catalog was indexed"
+    : "computed live, just now";
+  $("similar-meta").textContent = `${data.results.length} products ${scope}, ${how}.`;
+}
+
+function setupProduct() {
+  $("same-category").addEventListener("change", () => {
+    if (state.productId) loadSimilar(state.productId).catch(showError);
+  });
+  $("back").addEventListener("click", (event) => {
+    if (state.routed > 1) {
+      event.preventDefault();
+      history.back(); // to the results or the catalog page the product was opened from
+    }
+  });
 }
 
 // ---- review -------------------------------------------------------------------------------
@@ -330,7 +739,10 @@ function setupReview() {
 // ---- start --------------------------------------------------------------------------------
 
 setupSearch();
+setupBrowse();
+setupProduct();
 setupReview();
 window.addEventListener("hashchange", route);
 route();
 loadCategories().catch(showError);
+loadSamples().catch(() => {}); // no samples: no strip, nothing to tell the shopper
