@@ -91,9 +91,9 @@ def test_folder_import(tmp_path: Path) -> None:
     touch_image(root / "loose.jpg")  # not in a category folder: ignored
     items = read_catalog(root)
     assert [(i.id, i.category, i.title) for i in items] == [
-        ("hats/blue cap", "hats", "blue cap"),
-        ("hats/red_wool-hat", "hats", "red wool hat"),
-        ("shoes/boot", "shoes", "boot"),
+        ("hats.blue-cap", "hats", "blue cap"),
+        ("hats.red_wool-hat", "hats", "red wool hat"),
+        ("shoes.boot", "shoes", "boot"),
     ]
     assert items[0].image == (root / "hats" / "blue cap.PNG").resolve()
     assert all(i.attributes == {} for i in items)
@@ -103,7 +103,7 @@ def test_folder_import(tmp_path: Path) -> None:
 def test_folder_same_stem_twice_is_a_duplicate(tmp_path: Path) -> None:
     touch_image(tmp_path / "hats" / "cap.jpg")
     touch_image(tmp_path / "hats" / "cap.png")
-    with pytest.raises(CatalogError, match="duplicate id 'hats/cap'"):
+    with pytest.raises(CatalogError, match="duplicate id 'hats.cap'"):
         read_catalog(tmp_path)
 
 

@@ -116,6 +116,6 @@ def test_a_plain_catalog_keeps_its_titles_and_attributes(tmp_path: Path) -> None
     assert found == {
         "cap-1": ("A red cap", {"colour": "red"}),
         "hat-2": ("A blue hat", {"colour": "blue"}),
-        "hats/red-cap": ("red cap", {}),
-        "hats/blue_hat": ("blue hat", {}),
+        "hats.red-cap": ("red cap", {}),
+        "hats.blue_hat": ("blue hat", {}),
     }

@@ -48,7 +48,7 @@ pytestmark = [
     ),
 ]
 
-# product id (<category>/<name>, as a catalog folder names it) -> installed source image. Each
+# <category>/<name> in the catalog folder (id <category>.<name>) -> installed source image. Each
 # pasted product has a look-alike in its own category (sombrero, high heel), and `food`, a label
 # the detector trained on 2026-11-24 gave many non-food objects (at label scores up to 0.92), is
 # a real category here, as in the demo catalog: a wrong label trusted as a filter hides the
@@ -67,7 +67,7 @@ CATALOG = {
     "food/apple": OPENCLIPART_DIR / "food/fruit/apple.png",
     "food/bread": OPENCLIPART_DIR / "food/breads_and_carbs/bread.png",
 }
-LEFT, RIGHT = "hats/red-fedora", "shoes/hiking-boot"
+LEFT, RIGHT = "hats/red-fedora", "shoes/hiking-boot"  # as files; ids are hats.red-fedora, ...
 BACKGROUND = "Wood.jpg"  # mate-backgrounds: a light wooden floor
 PHOTO_SIZE = (640, 480)
 FRACTION = 0.42  # each product's longer side, as a share of the photo's short side
@@ -95,7 +95,7 @@ def _cutouts() -> dict[str, Image.Image]:
 def _write_catalog(folder: Path, cutouts: dict[str, Image.Image]) -> Path:
     """A folder of category sub-folders, one white-background product shot each."""
     for pid, cut in cutouts.items():
-        path = folder / f"{pid}.jpg"
+        path = folder / f"{pid}.jpg"  # the product's id is <category>.<name>
         path.parent.mkdir(parents=True, exist_ok=True)
         plain_view(cut).save(path, quality=95)
     return folder
@@ -206,7 +206,7 @@ def test_each_list_has_its_own_product_first(look: Look) -> None:
     for product, i in matched.items():
         results = look.body["queries"][i]["results"]
         assert results, _describe(look)
-        assert results[0]["product_id"] == product, _describe(look)
+        assert results[0]["product_id"] == product.replace("/", "."), _describe(look)
         lists[product] = [r["product_id"] for r in results]
     assert set(lists) == {LEFT, RIGHT}, _describe(look)
     assert lists[LEFT] != lists[RIGHT], _describe(look)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,9 +193,18 @@ def _read_folder(folder: Path) -> list[CatalogItem]:
     return items
 
 
+def folder_id(category: str, stem: str) -> str:
+    """A folder catalog's product id: `<category>.<file name>`, letters, digits, `_` and `-`
+    kept and any other run of characters made one `-`, so the API can address it (no `/`)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "item"
+    return f"{category}.{slug}"[:64]
+
+
 def _folder_item(category: str, file: Path, image: Path) -> CatalogItem:
     title = file.stem.replace("_", " ").replace("-", " ").strip()
-    return CatalogItem(id=f"{category}/{file.stem}", category=category, image=image, title=title)
+    return CatalogItem(
+        id=folder_id(category, file.stem), category=category, image=image, title=title
+    )
 
 
 # ---------------------------------------------------------------------------------------- write

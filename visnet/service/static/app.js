@@ -420,9 +420,10 @@ async function search() {
   }
 }
 
-// The detector's category, where it is at least even odds (a sure product can be an unsure kind).
+// The detector's category, only where the service trusted it enough to search within it
+// (its label score reached the calibrated threshold): a sure product can be an unsure kind.
 function shownLabel(query) {
-  return query.label && (query.label_score ?? 1) >= 0.5 ? query.label : null;
+  return query.label && query.category === query.label ? query.label : null;
 }
 
 function objectName(query, index) {
