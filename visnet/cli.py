@@ -291,14 +291,22 @@ def detect_calibrate(
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Draw the reliability diagram (PNG)."),
     limit: int = typer.Option(0, help="Fit on at most this many photos (0: all)."),
+    min_size: int = typer.Option(
+        0, "--min-size", help="Run (and store) the detector at this short side (0: as trained)."
+    ),
 ) -> None:
     """Fit the category temperature and the trust threshold on held-out photos (see
     visnet/detect/calibrate.py); the service filters by a detected category from that score."""
+    import dataclasses
+
     from visnet.detect.calibrate import calibrate_detector, plot_reliability
     from visnet.detect.detector import Detector
 
     try:
         detector = Detector.load(model)
+        if min_size:  # the transform reads its size at each call; the config keeps it
+            detector.config = dataclasses.replace(detector.config, min_size=min_size)
+            detector.model.transform.min_size = (min_size,)
         found = calibrate_detector(detector, data, split, precision, limit or None)
         detector.metadata["calibration"] = {"split": split, **found.to_dict()}
         detector.save(out, extra=detector.metadata, half=True)
