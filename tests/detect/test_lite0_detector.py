@@ -99,7 +99,8 @@ def test_a_new_training_run_starts_from_the_packaged_imagenet_trunk(categories, 
     # unset means the packaged weights for this arch; "none" trains from scratch
     assert backbone_source(DetectTrainSettings(**SMALL)) == "efficientnet_lite0"
     assert backbone_source(DetectTrainSettings(**SMALL, pretrained_backbone="none")) is None
-    assert backbone_source(DetectTrainSettings()) is None  # torchvision archs: unchanged
+    torchvision_arch = DetectTrainSettings(arch="mobilenet_v3_large_fpn")
+    assert backbone_source(torchvision_arch) is None  # torchvision archs: unchanged
 
 
 def test_frozen_batchnorm_keeps_the_activation(categories):

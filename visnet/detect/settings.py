@@ -9,13 +9,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_ARCH = "mobilenet_v3_large_fpn"
+# the default detector (models/README.md): trained with these defaults, `visnet detect train
+# --data data/demo --out RUN` reproduces it (then `visnet detect calibrate --min-size 288`)
+DEFAULT_ARCH = "efficientnet_lite0_fpn"
 
 
 @dataclass(frozen=True)
 class DetectTrainSettings:
     arch: str = DEFAULT_ARCH
-    steps: int = 600
+    steps: int = 3000
     batch_size: int = 4
     optimizer: str = "sgd"  # or "adamw"
     lr: float = 0.01
@@ -26,7 +28,7 @@ class DetectTrainSettings:
     # RoIs sampled per photo for the box-head loss; torchvision's 512 suits crowded COCO scenes,
     # our photos hold one or a few items, and 128 trains about a third faster on a CPU
     box_samples: int = 128
-    min_size: int = 0  # 0: the architecture's default
+    min_size: int = 320  # 0: the architecture's default
     max_size: int = 0
     box_head_dim: int = 0
     flip: float = 0.5  # probability of a horizontal flip
