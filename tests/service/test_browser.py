@@ -482,7 +482,11 @@ class _TwoBoxes:
         from visnet.detect.detector import Detections
 
         boxes = np.array([[2, 2, 40, 40], [24, 24, 62, 62]], np.float32)
-        return [Detections(boxes, ["circle", "square"], np.array([0.9, 0.7], np.float32))]
+        scores = np.array([0.9, 0.7], np.float32)
+        # both categories sure enough (0.95, 0.9) for the service to trust them as filters, so
+        # the page names them
+        sure = np.array([0.95, 0.9], np.float32)
+        return [Detections(boxes, ["circle", "square"], scores, label_scores=sure)]
 
 
 _DISPATCH = """
