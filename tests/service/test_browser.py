@@ -343,8 +343,8 @@ def test_product_page_toggles_same_category_similar(browser: Any, site: Site) ->
 def test_shop_the_look_boxes_show_their_own_results(browser: Any, site: Site) -> None:
     engine = site.app.state.engine
     engine.detector = _TwoBoxes()
+    page = _page(browser)
     try:
-        page = _page(browser)
         _search_by_upload(page, site, "5.jpg")
         page.wait_for_selector("#boxes rect.pick >> nth=1", state="attached")
         sections = page.locator("#results section.object")
@@ -364,8 +364,8 @@ def test_shop_the_look_boxes_show_their_own_results(browser: Any, site: Site) ->
         page.locator("#boxes rect[data-index='0']").click()  # the shown one again: all of them
         assert sections.nth(0).is_visible() and sections.nth(1).is_visible()
         assert buttons.nth(0).get_attribute("aria-pressed") == "true"
+    finally:  # a failure here must not leave a page behind to disturb the next test
         page.context.close()
-    finally:
         engine.detector = None
 
 
