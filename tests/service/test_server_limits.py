@@ -296,6 +296,9 @@ def test_the_limits_have_safe_defaults_and_reach_uvicorn(indexes: tuple[Path, Pa
     assert options["http"].header_timeout == 10.0
     assert options["http"].max_header_bytes == 16 * 1024
     assert options["timeout_keep_alive"] == 30
+    # uvicorn's own protocol, without the limits, only to measure what they cost
+    plain = service_settings(index=indexes[0], model="colour-histogram", http_protocol="httptools")
+    assert server_options(plain)["http"] == "httptools"
     for bad in ({"header_timeout": 0}, {"max_header_bytes": 100}, {"keep_alive_timeout": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             service_settings(index=indexes[0], model="colour-histogram", **bad)

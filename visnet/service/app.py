@@ -161,7 +161,9 @@ def server_options(settings: ServiceSettings) -> dict[str, Any]:
         "access_log": False,
         "proxy_headers": False,
         "server_header": False,
-        "http": limited_protocol(settings.header_timeout, settings.max_header_bytes),
+        "http": limited_protocol(settings.header_timeout, settings.max_header_bytes)
+        if settings.http_protocol == "limited"
+        else "httptools",
         "timeout_keep_alive": settings.keep_alive_timeout,
     }
 

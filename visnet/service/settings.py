@@ -65,6 +65,9 @@ class ServiceSettings(BaseSettings):
     header_timeout: float = Field(10.0, gt=0.0, le=600.0)  # s to send the request head
     max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers
     keep_alive_timeout: int = Field(30, ge=1, le=3600)  # s an idle kept-alive connection stays
+    # "limited": uvicorn's httptools protocol with the two limits above (visnet.service.protocol);
+    # "httptools": uvicorn's own, without them: only to measure what the limits cost
+    http_protocol: Literal["limited", "httptools"] = "limited"
     # Every upload is checked from its header (pixels, decode bytes, aspect ratio), decoded by at
     # most `decode_workers` threads at once and shrunk at once to `max_image_side`: one decode
     # holds at most `max_decode_bytes` plus a reduced copy (under 300 MB at the defaults,
