@@ -64,7 +64,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        # one timer a connection, not one a request: it fires at the earliest deadline it was
+        # armed for and re-arms itself while a later deadline stands (keep-alive requests only
+        # move `_head_deadline`, which costs a float, not a timer handle)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None
         self._in_head = True  # from the connection's start, or a request's end, to headers' end
         self._head_seen = False  # a byte of the coming head has arrived
         self._head_bytes = 0  # bytes of the reads that began inside the coming head
@@ -77,6 +81,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -135,16 +142,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # ---- the limits
 
     def _arm_head_timer(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.time() + self.header_timeout
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timer_fired)
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = None  # the timer, if any, finds no deadline and stops
+
+    def _head_timer_fired(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return
+        left = deadline - self.loop.time()
+        if left > 0:  # armed again for a later head since this timer was set
+            self._head_timer = self.loop.call_later(left, self._head_timer_fired)
+            return
+        self._head_timed_out()
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
+        self._head_deadline = None
         if self.transport.is_closing():
             return
         if self._response_in_progress():
