@@ -426,9 +426,15 @@ def test_keyboard_and_screen_reader_basics(browser: Any, site: Site) -> None:
         if page.evaluate("document.activeElement.id") == "drop":
             break
     assert page.evaluate("document.activeElement.id") == "drop"
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(site.root / "photos" / "1.jpg"))
+    # Enter opens the photo picker: the page clicks its file input (headless Chromium's own
+    # file-chooser event proved unreliable in fresh clones, so the click itself is watched)
+    page.evaluate(
+        "document.getElementById('file').addEventListener('click', e => {"
+        " window.pickerOpened = true; e.preventDefault(); })"
+    )
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.pickerOpened === true", timeout=5000)
+    page.set_input_files("#file", str(site.root / "photos" / "1.jpg"))
     page.wait_for_selector("#results .card")
     page.locator("#samples .sample").first.focus()
     page.keyboard.press("Enter")  # a sample from the keyboard
