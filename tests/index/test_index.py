@@ -116,6 +116,25 @@ def test_category_filter_and_global_search_match_naive(kind: str) -> None:
             assert set(found[q]) <= set(ids[rows])
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_filter_most_products_fail_still_gives_k_results_all_in_it(kind: str) -> None:
+    # 3,000 products, 1% of them in the filtered category, and queries near the other 99%: a
+    # post-filtered global search would come back short; every result must be in the filter
+    rng = np.random.default_rng(7)
+    x, ids = clustered(3000, 16, rng), np.arange(3000, dtype=np.int64)
+    cats = np.where(rng.random(3000) < 0.01, "rare", "common")
+    rare = ids[cats == "rare"]
+    assert 10 < len(rare) < 60
+    s = store(kind)
+    s.upsert(ids, x, cats.tolist())
+    queries = x[cats == "common"][:20]
+    found, _scores = s.search(queries, 10, "rare")
+    for q, query in enumerate(queries):
+        assert len(found[q]) == 10 and set(found[q].tolist()) <= set(rare.tolist())
+        expected = naive_topk(x[cats == "rare"], rare, query, 10)
+        assert len(set(found[q].tolist()) & set(expected)) >= 9
+
+
 def test_empty_store_and_unknown_category_give_padding() -> None:
     s = store("auto")
     ids, scores = s.search(np.ones((2, 16), np.float32) / 4, 5)
