@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -42,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _thumb(image: Image.Image, boxes: list[list[float] | None] = ()) -> Image.Image:  # type: ignore[assignment]
+def _thumb(image: Image.Image, boxes: Sequence[list[float] | None] = ()) -> Image.Image:
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
     for i, box in reversed(list(enumerate(boxes))):  # the first drawn last, on top
