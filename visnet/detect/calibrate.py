@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from visnet.detect.detector import Detections, Detector
-from visnet.detect.evaluate import IOU_THRESHOLD, GroundTruth, _iou, photo_truths, run_detector
+from visnet.detect.evaluate import (
+    IOU_THRESHOLD,
+    GroundTruth,
+    iou_matrix,
+    photo_truths,
+    run_detector,
+)
 
 DEFAULT_PRECISION = 0.95
 BINS = 10
@@ -59,7 +65,7 @@ def matched_logits(
         if not len(pred) or pred.category_logits is None:
             continue
         everything = truth.everything()
-        iou = _iou(pred.boxes, everything.boxes)
+        iou = iou_matrix(pred.boxes, everything.boxes)
         for j, label in enumerate(everything.labels):
             hits = np.nonzero(iou[:, j] >= IOU_THRESHOLD)[0]
             if len(hits):

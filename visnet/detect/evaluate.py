@@ -67,7 +67,7 @@ def match(pred_boxes: np.ndarray, scores: np.ndarray, true_boxes: np.ndarray) ->
     hits = np.zeros(len(pred_boxes), dtype=bool)
     if len(pred_boxes) == 0 or len(true_boxes) == 0:
         return hits
-    iou = _iou(pred_boxes, true_boxes)
+    iou = iou_matrix(pred_boxes, true_boxes)
     taken = np.zeros(len(true_boxes), dtype=bool)
     for i in np.argsort(-scores, kind="stable"):
         best = int(np.argmax(iou[i]))
@@ -76,7 +76,7 @@ def match(pred_boxes: np.ndarray, scores: np.ndarray, true_boxes: np.ndarray) ->
     return hits
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     tensor_a = torch.as_tensor(a, dtype=torch.float32).reshape(-1, 4)
     tensor_b = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
     return box_iou(tensor_a, tensor_b).numpy()
@@ -104,7 +104,7 @@ def detection_metrics(
     present = {c: v for c, v in ap.items() if not np.isnan(v)}
     total, any_hit, class_hit, top_hit, top_right = 0, 0, 0, 0, 0
     for pred, truth in zip(predictions, truths, strict=True):
-        iou = _iou(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
+        iou = iou_matrix(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
         best = int(np.argmax(pred.scores)) if len(pred) else -1
         for j, label in enumerate(truth.labels):
             overlaps = iou[:, j] >= IOU_THRESHOLD
@@ -118,7 +118,7 @@ def detection_metrics(
     everything = [t.everything() for t in truths]
     found, products, complete = 0, 0, 0
     for pred, truth in zip(predictions, everything, strict=True):
-        iou = _iou(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
+        iou = iou_matrix(pred.boxes, truth.boxes) if len(pred) else np.zeros((0, len(truth.labels)))
         hit = np.asarray(iou >= IOU_THRESHOLD).any(axis=0)
         found += int(hit.sum())
         products += int(hit.size)
