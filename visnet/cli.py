@@ -292,7 +292,10 @@ def detect_calibrate(
     plot: Path | None = typer.Option(None, "--plot", help="Draw the reliability diagram (PNG)."),
     limit: int = typer.Option(0, help="Fit on at most this many photos (0: all)."),
     min_size: int = typer.Option(
-        0, "--min-size", help="Run (and store) the detector at this short side (0: as trained)."
+        0,
+        "--min-size",
+        min=0,
+        help="Run (and store) the detector at this short side (0: as trained).",
     ),
 ) -> None:
     """Fit the category temperature and the trust threshold on held-out photos (see
