@@ -502,7 +502,7 @@ def embed_command(
     backend: str = typer.Option(
         "auto",
         help="auto (the fastest here: onnx, or torch-bf16 for a dense network on a CPU with "
-        "AMX), torch, torch-bf16 or onnx.",
+        "AMX or AVX512-BF16), torch, torch-bf16 or onnx.",
     ),
     shard_size: int = typer.Option(1024, help="Vectors per shard."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),

@@ -145,7 +145,7 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
 
 
 def test_bfloat16_agrees_with_float32_and_auto_picks_by_model_and_cpu(tmp_path: Path) -> None:
-    from visnet.model.embedder import bfloat16_on_amx
+    from visnet.model.embedder import native_bfloat16
 
     checkpoint = save_checkpoint(tmp_path / "m.pt", create_model("default", seed=0))
     rng = np.random.default_rng(1)
@@ -155,9 +155,10 @@ def test_bfloat16_agrees_with_float32_and_auto_picks_by_model_and_cpu(tmp_path: 
     assert isinstance(half, ModelEmbedder) and half.precision == "bfloat16"
     cosine = (full * half.embed(images)).sum(axis=1)
     assert cosine.min() > 0.99
-    # the scratch preset has only dense convolutions: bfloat16 where the CPU has AMX, else ONNX
+    # the scratch preset has only dense convolutions: bfloat16 where the CPU has it natively,
+    # else ONNX
     auto = create_embedder(str(checkpoint), backend="auto")
-    assert isinstance(auto, ModelEmbedder) == bfloat16_on_amx()
+    assert isinstance(auto, ModelEmbedder) == native_bfloat16()
     assert auto.fingerprint == half.fingerprint
     with pytest.raises(ValueError, match="precision"):
         ModelEmbedder(create_model("default", seed=0), precision="float16")  # type: ignore[arg-type]
