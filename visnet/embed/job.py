@@ -49,7 +49,7 @@ def catalog_rows(source: str | Path) -> list[CatalogRow]:
     """Every catalog view of a Street2Shop-layout folder, a catalog file, or a category folder."""
     source = Path(source)
     if (source / "meta" / "json").is_dir():
-        data = read_set(source)
+        data = read_set(source, check_boxes=False)  # street boxes: not the catalog's concern
         rows = []
         for shop in data.shop:
             path = data.photo_path(shop.photo)
