@@ -6,10 +6,12 @@
 The queries are the street photos of the train products the embedding model's trainer held out
 for validation (whole colour-variant groups; the model never learnt from them; the detector did
 see their boxes). Each is searched within its category, as in `visnet eval`. Rows: the true box,
-the whole photo, the detector's best box, and its best boxes merged (each catalog product keeps
-its best similarity to any crop, less SCORE_WEIGHT x log(box score / best score)), at several
-margins; recall is also given as a ratio to the true box's. A last line gives how often the best
-box's category is right, overall and where the detector is at least 0.7 sure of it. This is the
+the whole photo, the shopper's box (the detected box a shopper looking for the product clicks:
+`visnet.detect.crops.shoppers_box`), the detector's best box, and its best boxes merged (each
+catalog product keeps its best similarity to any crop, less SCORE_WEIGHT x log(box score / best
+score)), at several margins; recall is also given as a ratio to the true box's. A last line
+gives how often the best box's category is right, overall and where the detector is at least 0.7
+sure of it. This is the
 table the crop settings in visnet/detect/crops.py were chosen from.
 """
 
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import read_set
 from visnet.detect import Detector, query_boxes
-from visnet.detect.crops import SCORE_WEIGHT
+from visnet.detect.crops import SCORE_WEIGHT, shoppers_box
 from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.eval.cache import EmbeddingCache, data_fingerprint, default_cache_dir
 from visnet.eval.metrics import dedupe_products
@@ -38,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("data/demo"))
     p.add_argument("--model", default="models/visnet-default.pt")
     p.add_argument("--detector", default="models/detector-default.pt")
-    p.add_argument("--margins", type=float, nargs="+", default=[0.1, 0.15, 0.2])
+    p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.15, 0.2])
     p.add_argument("--boxes", type=int, nargs="+", default=[1, 3])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args()
@@ -72,7 +74,11 @@ def main() -> None:
         chosen = query_boxes(found, max(args.boxes))
         crops = {"true box": [(crop_with_margin(image, pair.bbox.as_xyxy(), 0.0), 0.0)]}
         crops["whole photo"] = [(image, 0.0)]
+        clicked = shoppers_box(found, pair.bbox.as_xyxy())  # empty: nothing found, whole photo
         for margin in args.margins:
+            crops[f"shopper's box, margin {margin}"] = [
+                (crop_with_margin(image, clicked[0][0], margin) if clicked else image, 0.0)
+            ]
             for n in args.boxes:
                 kept = [(crop_with_margin(image, box, margin), log) for box, log in chosen[:n]]
                 name = (
