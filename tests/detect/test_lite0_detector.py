@@ -86,8 +86,8 @@ def test_builds_and_returns_boxes_in_torchvisions_format(categories):
 
 def test_a_new_training_run_starts_from_the_packaged_imagenet_trunk(categories, imagenet_trunk):
     run = _new_run(DetectTrainSettings(**SMALL), list(categories))
-    assert run.detector.config.frozen_batchnorm
-    body = run.detector.model.backbone.body.state_dict()
+    assert run.model.config.frozen_batchnorm
+    body = run.model.model.backbone.body.state_dict()
     for key in ("conv_stem.weight", "blocks.3.0.conv_pw.weight", "blocks.6.0.conv_pwl.weight"):
         assert torch.equal(body[key], imagenet_trunk[key]), key
     for key in ("bn1.running_var", "blocks.4.2.bn2.running_mean", "blocks.6.0.bn3.weight"):

@@ -10,18 +10,15 @@ OUT/history.jsonl  one line per step: the loss and its four parts
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from visnet.data.splits import validation_pairs, validation_products
 from visnet.data.street2shop import Street2ShopSet, read_set
@@ -37,23 +34,15 @@ from visnet.detect.detector import (
 )
 from visnet.detect.settings import DetectTrainSettings
 from visnet.images import ImageError, load_image
-from visnet.training.history import truncate_history
-from visnet.training.optim import make_optimizer
+from visnet.training import loop
+from visnet.training.optim import Schedule, cosine, warmup_then
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = "visnet-detector-run"
 # Settings that may change between a run and its resumption without changing what is learnt.
 _RESUMABLE = ("steps", "checkpoint_every", "max_minutes", "threads", "progress")
-
-
-@dataclass
-class _Run:
-    detector: Detector
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    rng: np.random.Generator
-    step: int = 0
+_CONFIG = "detector config"  # compared on resume beside the settings: it holds the categories
 
 
 @dataclass(frozen=True)
@@ -158,6 +147,7 @@ def train_detector(data_dir: str | Path, out: str | Path, **options: Any) -> Pat
 
 
 def run_training(data_dir: str | Path, out: str | Path, settings: DetectTrainSettings) -> Path:
+    """Train (or resume) a detector on `data_dir` into `out`; the path of OUT/detector.pt."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
@@ -169,29 +159,32 @@ def run_training(data_dir: str | Path, out: str | Path, settings: DetectTrainSet
         photos_held = len({p.photo for p in val_pairs})
         log.info("held out for validation: %d photos of %d products", photos_held, len(held))
     photos = TrainPhotos(data, categories, pairs=train_pairs, others_min_visible=settings.others)
-    run = _start(settings, categories, data_dir, out)
-    started, history = time.time(), out / "history.jsonl"
-    bar = tqdm(total=settings.steps, initial=run.step, desc="detect", disable=not settings.progress)
-    while run.step < settings.steps:
-        images, targets = photos.batch(settings.batch_size, run.rng, settings.flip)
-        losses = train_step(run.detector.model, run.optimizer, images, targets, settings.clip_grad)
-        run.scheduler.step()
-        run.step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.1e}")
-        with history.open("a") as f:
-            f.write(json.dumps({"step": run.step, **losses}) + "\n")
-        out_of_time = settings.max_minutes and time.time() - started > settings.max_minutes * 60
-        if run.step % settings.checkpoint_every == 0 or run.step == settings.steps or out_of_time:
-            _save_run(run, settings, data_dir, out)
-        if out_of_time:
-            log.info("stopping at step %d: max_minutes=%s reached", run.step, settings.max_minutes)
-            break
-    bar.close()
-    run.detector.model.eval()
-    return run.detector.save(
-        out / "detector.pt", extra=_extra(settings, data_dir, run.step), half=True
+    load = functools.partial(_load, settings, data_dir)
+    run = loop.start_run(out, _new_run(settings, categories), load)
+    hooks: loop.Hooks[Detector] = loop.Hooks(
+        step=functools.partial(_step, photos=photos, settings=settings),
+        save=functools.partial(_save_run, settings=settings, data_dir=data_dir, out=out),
+        export=functools.partial(_export, settings=settings, data_dir=data_dir, out=out),
+        bar={"desc": "detect", "disable": not settings.progress},
     )
+    return loop.train(run, settings, out, hooks)
+
+
+def _step(
+    run: loop.Run[Detector], photos: TrainPhotos, settings: DetectTrainSettings
+) -> dict[str, float]:
+    """One step on a batch of augmented photos: the loss and its four parts."""
+    images, targets = photos.batch(settings.batch_size, run.rng, settings.flip)
+    return train_step(run.model.model, run.optimizer, images, targets, settings.clip_grad)
+
+
+def _export(
+    run: loop.Run[Detector], settings: DetectTrainSettings, data_dir: str | Path, out: Path
+) -> Path:
+    """OUT/detector.pt: the final weights, float16, self-describing."""
+    extra = loop.run_facts(_comparable(settings, data_dir), run.step, steps=settings.steps)
+    run.model.model.eval()
+    return run.model.save(out / "detector.pt", extra=extra, half=True)
 
 
 def _config(settings: DetectTrainSettings, categories: list[str]) -> DetectorConfig:
@@ -216,7 +209,8 @@ def backbone_source(settings: DetectTrainSettings) -> str | None:
     return None if source.strip().lower() in ("", "none") else source
 
 
-def _new_run(settings: DetectTrainSettings, categories: list[str]) -> _Run:
+def _new_run(settings: DetectTrainSettings, categories: list[str]) -> loop.Run[Detector]:
+    """A fresh run: the architecture (seeded), its backbone from `backbone_source`."""
     torch.manual_seed(settings.seed)
     config = _config(settings, categories)
     model = build_model(dataclasses.replace(config, frozen_batchnorm=False))
@@ -228,82 +222,42 @@ def _new_run(settings: DetectTrainSettings, categories: list[str]) -> _Run:
     model.roi_heads.fg_bg_sampler.batch_size_per_image = settings.box_samples
     detector = Detector(config, model)
     params = [p for p in detector.model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(
-        params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings))
-    return _Run(detector, optimizer, scheduler, np.random.default_rng(settings.seed))
+    return loop.new_run(settings, detector, params, _schedule(settings))
 
 
-def _schedule(settings: DetectTrainSettings) -> Any:
+def _schedule(settings: DetectTrainSettings) -> Schedule:
+    """Warm-up from 0.1 (at most a quarter of the steps), then a cosine to 0.05."""
     warmup = min(settings.warmup_steps, settings.steps // 4)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / warmup
-        progress = min(1.0, (step - warmup) / max(1, settings.steps - warmup))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    return warmup_then(cosine(0.05), settings.steps, warmup, start=0.1)
 
 
 def _comparable(settings: DetectTrainSettings, data_dir: str | Path) -> dict[str, Any]:
-    values = dataclasses.asdict(settings)
-    for key in _RESUMABLE:
-        values.pop(key)
-    values["data"] = str(Path(data_dir).resolve())
-    return values
+    return {**loop.comparable(settings, _RESUMABLE), "data": str(Path(data_dir).resolve())}
 
 
-def _extra(settings: DetectTrainSettings, data_dir: str | Path, step: int) -> dict[str, Any]:
-    return {
-        "settings": _comparable(settings, data_dir),
-        "steps": settings.steps,
-        "step": step,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def _start(
-    settings: DetectTrainSettings, categories: list[str], data_dir: str | Path, out: Path
-) -> _Run:
-    """A fresh run, or the run saved in OUT/last.pt when its settings match."""
-    run = _new_run(settings, categories)
-    last = out / "last.pt"
-    if not last.is_file():
-        return run
+def _load(
+    settings: DetectTrainSettings, data_dir: str | Path, run: loop.Run[Detector], last: Path
+) -> dict[str, Any]:
+    """Check OUT/last.pt's settings and categories, load its weights into `run`; the whole run."""
     saved = torch.load(last, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
         raise ValueError(f"{last} is not a detector training run; use another --out")
-    expected = _comparable(settings, data_dir)
-    if saved["settings"] != expected or saved["config"] != run.detector.config.to_dict():
-        changed = sorted(k for k in expected if saved["settings"].get(k) != expected[k])
-        what = ", ".join(changed) or "the categories or detector config"
-        raise ValueError(
-            f"{last} was written with other settings (differing: {what}); rerun with the same "
-            f"settings, use another --out, or delete {last} to start over"
-        )
-    run.detector.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
-    run.rng.bit_generator.state = saved["numpy_rng"]
-    torch.set_rng_state(saved["torch_rng"])
-    run.step = int(saved["step"])
-    log.info("resumed from %s at step %d", last, run.step)
-    truncate_history(out / "history.jsonl", run.step)
-    return run
+    expected = {**_comparable(settings, data_dir), _CONFIG: run.model.config.to_dict()}
+    loop.refuse_other_settings(last, {**saved["settings"], _CONFIG: saved["config"]}, expected)
+    run.model.model.load_state_dict(saved["model"])
+    return saved
 
 
-def _save_run(run: _Run, settings: DetectTrainSettings, data_dir: str | Path, out: Path) -> None:
+def _save_run(
+    run: loop.Run[Detector], settings: DetectTrainSettings, data_dir: str | Path, out: Path
+) -> None:
+    """OUT/last.pt: the whole run, replaced atomically."""
     payload = {
         "format": RUN_FORMAT,
         "settings": _comparable(settings, data_dir),
-        "config": run.detector.config.to_dict(),
+        "config": run.model.config.to_dict(),
         "step": run.step,
-        "model": run.detector.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "numpy_rng": run.rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
+        "model": run.model.model.state_dict(),
+        **loop.resume_state(run),
     }
-    atomic_save(payload, out / "last.pt")
+    atomic_save(payload, out / loop.LAST)

@@ -1,4 +1,6 @@
-"""The training loop: settings in, a self-describing checkpoint out; resumable and reproducible.
+"""The embedding trainer: settings in, a self-describing checkpoint out; resumable, reproducible.
+
+It configures the one training loop (`loop.py`): what a step is, what OUT/last.pt holds, validation.
 
 Two objectives:
 - `contrastive` (default): in-batch symmetric InfoNCE between street crops (or other catalog views)
@@ -11,11 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from visnet.data.splits import validation_products, variant_groups
 from visnet.data.street2shop import read_set
@@ -39,7 +37,7 @@ from visnet.model import (
     load_model,
     save_checkpoint,
 )
-from visnet.model.checkpoint import read_checkpoint
+from visnet.training import loop
 from visnet.training.cached import (
     CachedForward,
     CachedPairSampler,
@@ -60,24 +58,15 @@ from visnet.training.datasets import (
     read_triplets,
     wild_triplets,
 )
-from visnet.training.history import read_history, truncate_history
-from visnet.training.optim import make_optimizer
+from visnet.training.history import plot_history
+from visnet.training.optim import Schedule, cosine, warmup_then
 from visnet.training.settings import TrainSettings
 from visnet.training.validate import validation_recall
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Run:
-    """Everything the loop mutates, gathered so a checkpoint can hold all of it."""
-
-    model: VisNet
-    criterion: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    rng: np.random.Generator
-    step: int = 0
+# settings that may change between a run and its resumption without changing the result
+_RESUMABLE = ("max_minutes", "threads", "val_every", "checkpoint_every", "cache_dir")
 
 
 def train(settings: TrainSettings) -> Path:
@@ -85,59 +74,35 @@ def train(settings: TrainSettings) -> Path:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
-    data = read_set(settings.data)
-    config = get_config(settings.preset)
-    preprocess = config.preprocess()
-    bank = ImageBank(side=int(preprocess.resize * 1.15))
-    train_rows, val_rows = _split(data, settings)
-    bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
-    train_rows, val_rows = drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
+    preprocess = get_config(settings.preset).preprocess()
+    bank, train_rows, val_rows = _rows(settings, preprocess)
     train_tf = preprocess.train_transform()
-    run = _start(settings, out)
+    run = loop.start_run(out, _new_run(settings), functools.partial(_load, settings))
     sampler = (
         _cached(settings, run, train_rows, val_rows, bank, preprocess)
         if settings.freeze
         else _sampler(settings, train_rows, val_rows, bank, train_tf)
     )
-    history = out / "history.jsonl"
-    started = time.time()
     validate = _validation(settings, run.model, train_rows, val_rows, bank, preprocess)
     if isinstance(sampler, CachedTraining):  # validation images are in the cache: no trunk pass
         validate = functools.partial(validate, embed_refs=sampler.embed_clean)
-    if settings.freeze and run.step == 0:  # where fine-tuning starts: the pretrained network
-        start = validate()
-        log.info("step 0: %s", ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
-        history.write_text(json.dumps({"step": 0, **start}) + "\n")
-    bar = tqdm(total=settings.steps, initial=run.step, desc="train", unit="step")
-    while run.step < settings.steps:
-        loss, accuracy = _step(run, sampler, settings)
-        run.step += 1
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{loss:.3f}", acc=f"{accuracy:.2f}", lr=f"{run.scheduler.get_last_lr()[0]:.1e}"
-        )
-        record: dict[str, Any] = {"step": run.step, "loss": loss, "accuracy": accuracy}
-        if run.step % settings.val_every == 0 or run.step == settings.steps:
-            record.update(validate())
-            bar.write(
-                f"step {run.step}: "
-                + ", ".join(
-                    f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("recall", "val_"))
-                )
-            )
-        with history.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        out_of_time = settings.max_minutes and time.time() - started > settings.max_minutes * 60
-        if run.step % settings.checkpoint_every == 0 or run.step == settings.steps or out_of_time:
-            _save(run, settings, out)
-        if out_of_time:
-            bar.write(f"stopping at step {run.step}: max_minutes={settings.max_minutes} reached")
-            break
-    bar.close()
-    final = out / "model.pt"
-    save_checkpoint(final, run.model, extra=_extra(settings, run.step), half=True)
-    _plot_history(history, out / "training.png")
-    return final
+    return loop.train(run, settings, out, _hooks(settings, out, sampler, validate))
+
+
+def _hooks(
+    settings: TrainSettings, out: Path, sampler: Any, validate: Callable[[], dict[str, float]]
+) -> loop.Hooks[VisNet]:
+    """The loop configured: fine-tuning (a frozen trunk) is validated at step 0 too."""
+    return loop.Hooks(
+        step=functools.partial(_step, sampler=sampler, settings=settings),
+        save=functools.partial(_save, settings=settings, out=out),
+        export=functools.partial(_export, settings=settings, out=out),
+        validate=validate,
+        val_every=settings.val_every,
+        validate_first=bool(settings.freeze),
+        postfix=lambda figures: {"acc": f"{figures['accuracy']:.2f}"},
+        bar={"desc": "train", "unit": "step"},
+    )
 
 
 def validate_checkpoint(settings: TrainSettings, checkpoint: Path | str) -> dict[str, float]:
@@ -145,12 +110,8 @@ def validate_checkpoint(settings: TrainSettings, checkpoint: Path | str) -> dict
     these settings holds out), from the full network: to compare finished runs or models."""
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     model, _ = load_model(checkpoint)
-    data = read_set(settings.data)
     preprocess = model.config.preprocess()
-    bank = ImageBank(side=int(preprocess.resize * 1.15))
-    train_rows, val_rows = _split(data, settings)
-    bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
-    train_rows, val_rows = drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
+    bank, train_rows, val_rows = _rows(settings, preprocess)
     embedder = create_embedder(str(checkpoint), backend="auto")  # what eval and serving run
 
     def embed_refs(refs: Sequence[ImageRef]) -> np.ndarray:
@@ -183,6 +144,17 @@ def _validation(
     )
 
 
+def _rows(
+    settings: TrainSettings, preprocess: Any
+) -> tuple[ImageBank, list[ProductViews], list[ProductViews]]:
+    """The train split's images at the working size, and its training and validation products
+    (those whose images load)."""
+    bank = ImageBank(side=int(preprocess.resize * 1.15))
+    train_rows, val_rows = _split(read_set(settings.data), settings)
+    bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
+    return bank, drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
+
+
 def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list[ProductViews]]:
     """Train products, less a validation share held out by shape (colour variants together)."""
     held = validation_products(data, settings.val_fraction, settings.seed, settings.val_categories)
@@ -206,7 +178,8 @@ def _sampler(
     return TripletSampler(wild_triplets(rows, np.random.default_rng(settings.seed)), bank, tf)
 
 
-def _new_run(settings: TrainSettings) -> _Run:
+def _new_run(settings: TrainSettings) -> loop.Run[VisNet]:
+    """A fresh run: the preset's network (seeded), its loss (with the temperature it learns)."""
     torch.manual_seed(settings.seed)
     model = create_model(settings.preset, seed=settings.seed, pretrained=settings.pretrained)
     criterion: torch.nn.Module = (
@@ -215,107 +188,82 @@ def _new_run(settings: TrainSettings) -> _Run:
         else TripletLoss(settings.margin, reduction="mean")
     )
     params = list(model.parameters()) + list(criterion.parameters())
-    optimizer = make_optimizer(
-        params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings))
-    return _Run(
-        model.train(), criterion, optimizer, scheduler, np.random.default_rng(settings.seed)
-    )
+    return loop.new_run(settings, model.train(), params, _schedule(settings), criterion=criterion)
 
 
-def _schedule(settings: TrainSettings) -> Any:
-    def factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-        if settings.schedule == "cosine":
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0 if progress < 0.6 else 0.1 if progress < 0.85 else 0.01
-
-    return factor
+def _schedule(settings: TrainSettings) -> Schedule:
+    """Warm-up from 1/warmup_steps, then a cosine to 0.02 or steps of x0.1 at 60% and 85%."""
+    decay = cosine(0.02) if settings.schedule == "cosine" else _step_decay
+    return warmup_then(decay, settings.steps, settings.warmup_steps, ahead=1)
 
 
-def _start(settings: TrainSettings, out: Path) -> _Run:
-    """A fresh run, or the run saved in OUT/last.pt when its settings match."""
-    run = _new_run(settings)
-    last = out / "last.pt"
-    if not last.is_file():
-        return run
-    saved = read_checkpoint(last)["extra"]
-    if saved.get("settings") != _comparable(settings):
-        raise ValueError(
-            f"{last} was written with other settings; use another --out or delete it to start over"
-        )
+def _step_decay(progress: float) -> float:
+    return 1.0 if progress < 0.6 else 0.1 if progress < 0.85 else 0.01
+
+
+def _load(settings: TrainSettings, run: loop.Run[VisNet], last: Path) -> dict[str, Any]:
+    """Check OUT/last.pt's settings, load its weights into `run`; its resume state and step."""
     model, meta = load_model(last)
+    extra = meta["extra"]
+    loop.refuse_other_settings(last, extra.get("settings"), loop.comparable(settings, _RESUMABLE))
     run.model.load_state_dict(model.state_dict())
-    state = meta["extra"].get("resume")
+    state = extra.get("resume")
     if state is None:  # written before the state moved into last.pt
-        state = torch.load(out / "last-state.pt", weights_only=False)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.criterion.load_state_dict(state["criterion"])
-    run.rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(state["torch_rng"])
-    run.step = int(meta["extra"]["step"])
-    log.info("resumed from %s at step %d", last, run.step)
-    truncate_history(out / "history.jsonl", run.step)
-    return run
-
-
-def _comparable(settings: TrainSettings) -> dict[str, Any]:
-    values = dataclasses.asdict(settings)
-    for key in ("max_minutes", "threads", "val_every", "checkpoint_every", "cache_dir"):
-        values.pop(key)  # these may change on resume without changing the result
-    return values
+        state = torch.load(last.parent / "last-state.pt", weights_only=False)
+    return {**state, "step": extra["step"]}
 
 
 def _extra(settings: TrainSettings, step: int) -> dict[str, Any]:
-    return {
-        "settings": _comparable(settings),
-        "step": step,
-        "data_fingerprint": data_fingerprint(settings.data),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    fingerprint = data_fingerprint(settings.data)
+    return loop.run_facts(loop.comparable(settings, _RESUMABLE), step, data_fingerprint=fingerprint)
 
 
-def _save(run: _Run, settings: TrainSettings, out: Path) -> None:
+def _save(run: loop.Run[VisNet], settings: TrainSettings, out: Path) -> None:
+    """OUT/last.pt: the weights, with the state to resume them under extra["resume"]."""
     # Weights and the state to resume them travel in one atomically replaced file: a kill at
     # any moment leaves either the old pair or the new pair, never weights of one step with
     # the optimizer or random state of another (which would make the resumed run diverge).
-    state = {
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "criterion": run.criterion.state_dict(),
-        "numpy_rng": run.rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
-    }
-    extra = {**_extra(settings, run.step), "resume": state}
-    save_checkpoint(out / "last.pt", run.model, extra=extra)
+    extra = {**_extra(settings, run.step), "resume": loop.resume_state(run)}
+    save_checkpoint(out / loop.LAST, run.model, extra=extra)
 
 
-def _step(run: _Run, sampler: Any, settings: TrainSettings) -> tuple[float, float]:
+def _export(run: loop.Run[VisNet], settings: TrainSettings, out: Path) -> Path:
+    """OUT/model.pt (float16, self-describing) and the history plotted beside it."""
+    final = save_checkpoint(
+        out / "model.pt", run.model, extra=_extra(settings, run.step), half=True
+    )
+    plot_history(out / loop.HISTORY, out / "training.png")
+    return final
+
+
+def _descend(run: loop.Run[VisNet], loss: torch.Tensor) -> float:
+    """One optimiser step down `loss`; its value."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return float(loss.detach())
+
+
+def _step(run: loop.Run[VisNet], sampler: Any, settings: TrainSettings) -> dict[str, float]:
+    """One step on a batch of pairs or triplets: the loss and the in-batch accuracy."""
     if isinstance(sampler, CachedTraining):
         return _cached_step(run, sampler, settings)
+    criterion = run.modules["criterion"]
     batch = sampler.batch(settings.batch_size, run.rng)
     if isinstance(sampler, PairSampler):
         queries, positives, labels = batch
         embedded = run.model(torch.cat([queries, positives]))
         q, p = embedded[: len(queries)], embedded[len(queries) :]
-        loss = run.criterion(q, p, labels)
+        loss = criterion(q, p, labels)
         accuracy = float(((q @ p.T).argmax(dim=1) == torch.arange(len(q))).float().mean())
     else:
         q, p, n = run.model(torch.cat(batch)).split(len(batch[0]))
-        loss = run.criterion(q, p, n)
+        loss = criterion(q, p, n)
         if settings.loss == "batch-hard":
             labels = torch.arange(len(q)).repeat(2)
             loss = loss + batch_hard_triplet_loss(torch.cat([q, p]), labels, settings.margin)
         accuracy = float((((q - p) ** 2).sum(1) < ((q - n) ** 2).sum(1)).float().mean())
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    run.scheduler.step()
-    return float(loss.detach()), accuracy
+    return {"loss": _descend(run, loss), "accuracy": accuracy}
 
 
 @dataclass
@@ -333,7 +281,7 @@ class CachedTraining:
 
 def _cached(
     settings: TrainSettings,
-    run: _Run,
+    run: loop.Run[VisNet],
     rows: list[ProductViews],
     held_out: list[ProductViews],
     bank: ImageBank,
@@ -399,14 +347,17 @@ def _read_triplets(
     return [t for t in kept if all(r in bank for r in (t.query, t.positive, t.negative))]
 
 
-def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> tuple[float, float]:
+def _cached_step(
+    run: loop.Run[VisNet], cached: CachedTraining, settings: TrainSettings
+) -> dict[str, float]:
+    """One step from the frozen trunk's cached output: contrastive pairs (and triplets)."""
     batchnorm_on_running_stats(run.model)
     cache = cached.cache
     queries, positives, labels, families = cached.pairs.batch(settings.batch_size, run.rng)
     rows = np.concatenate([queries, positives])
     embedded = cached.forward(cache.features[rows], cache.quarters[rows])
     q, p = embedded[: len(queries)], embedded[len(queries) :]
-    loss = run.criterion(q, p, labels, families, settings.variant_offset)
+    loss = run.modules["criterion"](q, p, labels, families, settings.variant_offset)
     accuracy = float(((q @ p.T).argmax(dim=1) == torch.arange(len(q))).float().mean())
     if cached.triplets and settings.triplet_weight > 0:
         parts = triplet_rows(cached.triplets, cache, settings.batch_size // 2, run.rng)
@@ -414,38 +365,4 @@ def _cached_step(run: _Run, cached: CachedTraining, settings: TrainSettings) -> 
         tq, tp, tn = cached.forward(cache.features[rows], cache.quarters[rows]).split(len(parts[0]))
         hinge = TripletLoss(settings.margin, reduction="mean")(tq, tp, tn)
         loss = loss + settings.triplet_weight * hinge
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    run.scheduler.step()
-    return float(loss.detach()), accuracy
-
-
-def _plot_history(history: Path, path: Path) -> None:
-    """Loss and validation recall against steps, as a PNG beside the run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_history(history)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    losses = [r for r in records if "loss" in r]
-    left.plot([r["step"] for r in losses], [r["loss"] for r in losses], lw=0.6)
-    left.set(xlabel="step", ylabel="loss", title="training loss")
-    for key, style in (
-        ("recall@1", "-"),
-        ("recall@5", "-"),
-        ("recall@20", "-"),
-        ("val_other_view@1", "--"),
-        ("val_variant_auc", "--"),
-    ):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            label = key.removeprefix("val_")
-            right.plot(*zip(*points, strict=True), style, marker="o", label=label)
-    right.set(xlabel="step", ylabel="held-out products", title="validation", ylim=(0, 1))
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return {"loss": _descend(run, loss), "accuracy": accuracy}
