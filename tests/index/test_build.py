@@ -119,3 +119,49 @@ def test_a_plain_catalog_keeps_its_titles_and_attributes(tmp_path: Path) -> None
         "hats.red-cap": ("red cap", {}),
         "hats.blue_hat": ("blue hat", {}),
     }
+
+
+def test_a_catalogs_price_brand_and_stock_are_kept_as_product_fields(tmp_path: Path) -> None:
+    """CSV columns (and JSONL keys, top level or in "attributes") price, brand and in_stock
+    become the product's typed fields, empty ones unknown; a bad value names its line."""
+    from PIL import Image
+
+    from visnet.data.catalog import CatalogError, read_catalog
+
+    for name, colour in [("a", "red"), ("b", "blue"), ("c", "green")]:
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{name}.jpg")
+    csv = tmp_path / "products.csv"
+    csv.write_text(
+        "id,category,image,title,price,brand,in_stock,colour\n"
+        "A,hats,a.jpg,Hat A,12.50,Acme,yes,red\n"
+        "B,hats,b.jpg,Hat B,,,,blue\n"
+        "C,hats,c.jpg,Hat C, 7 ,Bolt,0,green\n"
+    )
+    build_index(csv, create_embedder("colour-histogram"), tmp_path / "index", dim=0)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    index = CatalogIndex.open(tmp_path / "index", model_fingerprint=manifest["model_fingerprint"])
+    try:
+        found = {p.id: (p.price, p.brand, p.in_stock, p.attributes) for p in index.page()}
+    finally:
+        index.close()
+    assert found == {
+        "A": (12.5, "Acme", True, {"colour": "red"}),
+        "B": (None, None, None, {"colour": "blue"}),
+        "C": (7.0, "Bolt", False, {"colour": "green"}),
+    }
+    jsonl = tmp_path / "products.jsonl"
+    jsonl.write_text(
+        '{"id": "A", "category": "hats", "image": "a.jpg", "title": "A", "price": 3, '
+        '"attributes": {"brand": "Acme", "in_stock": true}}\n'
+    )
+    [item] = read_catalog(jsonl)
+    assert (item.price, item.brand, item.in_stock) == (3.0, "Acme", True)
+    for column, value, problem in [
+        ("price", "$12", "'price' must be a number >= 0"),
+        ("price", "-1", "'price' must be a number >= 0"),
+        ("price", "nan", "'price' must be a number >= 0"),
+        ("in_stock", "maybe", "'in_stock' must be true or false"),
+    ]:
+        csv.write_text(f"id,category,image,title,{column}\nA,hats,a.jpg,A,{value}\n")
+        with pytest.raises(CatalogError, match=f"line 2: {problem}"):
+            read_catalog(csv)

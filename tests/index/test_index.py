@@ -16,9 +16,11 @@ from visnet.index import (
     StoreSettings,
     UnknownProductError,
     VectorStore,
+    catalog_index,
     fit_pca,
     l2_normalise,
 )
+from visnet.index.products import ProductFilter
 
 KINDS = ["exact", "hnsw"]
 
@@ -238,10 +240,10 @@ def test_pca_is_scikit_learns(tmp_path) -> None:
 # ---- the catalog index -----------------------------------------------------------------------
 
 
-def catalog(path, dim: int = 16, pca=None, kind: str = "exact") -> CatalogIndex:
+def catalog(path, dim: int = 16, pca=None, kind: str = "exact", **kw: object) -> CatalogIndex:
     return CatalogIndex.create(
         path, model_fingerprint="m1", model_name="tiny", embedding_dim=dim, pca=pca,
-        settings=StoreSettings(kind=kind),  # type: ignore[arg-type]
+        settings=StoreSettings(kind=kind), **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -339,3 +341,93 @@ def test_hnsw_still_returns_k_after_most_vectors_are_deleted_and_reuses_slots() 
     assert sorted(ids[0].tolist()) == list(range(12)) and s.count() == 12
     s.upsert(np.arange(2000, 3000), clustered(1000, 16, rng), ["a"] * 1000)
     assert s._parts["a"].index.get_max_elements() == 1024 and s.count() == 1012  # no growth
+
+
+# ---- attribute filters -------------------------------------------------------------------------
+
+
+def shop_catalog(path, kind: str, rng: np.random.Generator, n: int = 2000):
+    """n products of 2 views in two categories with a price, a brand (3.5% "Rare") and a
+    stock flag (1 in 10 unknown); near-duplicates are not collapsed, so ranks are plain."""
+    index = catalog(path, kind=kind, duplicate_threshold=None)
+    views = clustered(2 * n, 16, rng).reshape(n, 2, 16)
+    prices = np.round(rng.uniform(1, 500, n), 2)
+    brands = np.where(rng.random(n) < 0.035, "Rare", rng.choice(["Acme", "Bolt", "Cosy"], n))
+    stock = rng.choice([True, False, None], n, p=[0.6, 0.3, 0.1])
+    products = [
+        Product(f"p{i:04d}", "ab"[i % 2], price=float(prices[i]), brand=str(brands[i]),
+                in_stock=stock[i])
+        for i in range(n)
+    ]  # fmt: skip
+    index.upsert_many(zip(products, views, strict=True))
+    return index, products, views
+
+
+def naive_filtered(products, views, query, k, keep) -> list[str]:
+    best = {p.id: float(np.max(v @ query)) for p, v in zip(products, views, strict=True) if keep(p)}
+    return [pid for pid, _ in sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]]
+
+
+FILTERS = {
+    # about 1% pass: the exact search over the vectors that pass
+    "narrow": (
+        ProductFilter(max_price=400.0, brands=("rare",), in_stock=True),
+        lambda p: p.brand == "Rare" and p.in_stock is True and p.price <= 400,
+    ),
+    # most pass: the store's own search, kept to what passes
+    "wide": (
+        ProductFilter(min_price=20.0, in_stock=True),
+        lambda p: p.in_stock is True and p.price >= 20,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_an_attribute_filter_gives_k_results_that_pass_it_as_a_naive_search_does(
+    tmp_path, kind: str, name: str
+) -> None:
+    where, keep = FILTERS[name]
+    rng = np.random.default_rng(11)
+    index, products, views = shop_catalog(tmp_path / "ix", kind, rng)
+    passing = [p for p in products if keep(p)]
+    share = len(passing) / len(products)
+    assert len(passing) > 10 and (share < 0.02 if name == "narrow" else share > 0.4)
+    failing = [i for i, p in enumerate(products) if not keep(p)][:12]  # queries near failers
+    for i in failing:
+        pid, category = products[i].id, products[i].category
+        for found, expected in (
+            (
+                index.search(views[i, 0], 10, filters=where),
+                naive_filtered(products, views, views[i, 0], 10, keep),
+            ),
+            (
+                index.similar(pid, 10, filters=where),
+                naive_filtered(
+                    products, views, views[i].T, 10,
+                    lambda p: keep(p) and p.category == category and p.id != pid,  # noqa: B023
+                ),
+            ),
+        ):  # fmt: skip
+            ids = [h.product_id for h in found]
+            assert len(ids) == len(expected) >= 5 and {p.id for p in passing} >= set(ids)
+            if kind == "exact" or name == "narrow":  # a narrow filter is searched exactly
+                assert ids == expected
+            else:
+                assert len(set(ids) & set(expected)) >= 9
+    index.close()
+
+
+def test_a_filter_wider_than_the_exact_limit_widens_the_search_until_k_pass(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past FILTER_EXACT_LIMIT vectors the store's search widens (4x a round) instead."""
+    monkeypatch.setattr(catalog_index, "FILTER_EXACT_LIMIT", 4)
+    where, keep = FILTERS["narrow"]
+    rng = np.random.default_rng(12)
+    index, products, views = shop_catalog(tmp_path / "ix", "exact", rng)
+    for query in views[:5, 1]:
+        found = [h.product_id for h in index.search(query, 10, filters=where)]
+        assert found == naive_filtered(products, views, query, 10, keep)
+    assert index.search(views[0, 0], 5, filters=ProductFilter(brands=("nobody",))) == []
+    index.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from visnet.index import Product, ProductStore, UnknownProductError
+from visnet.index.products import ProductFilter
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_vector_ids_are_fresh_and_pending_until_owned(products: ProductStore) ->
 def test_recommendations_skip_products_deleted_since(products: ProductStore) -> None:
     for pid in "abc":
         products.upsert(Product(pid, "tops"))
-    products.put_recommendations({"a": [("b", 0.9), ("c", 0.5)]})
+    products.put_recommendations({"a": ([("b", 0.9, ()), ("c", 0.5, ())], [])})
     assert products.recommendations("a") == [("b", pytest.approx(0.9)), ("c", 0.5)]
     products.delete("b")
     assert products.recommendations("a") == [("c", 0.5)]
@@ -135,17 +136,105 @@ def test_recommendations_skip_products_deleted_since(products: ProductStore) -> 
 
 def test_recommended_rows_carry_what_a_result_needs_in_one_read(products: ProductStore) -> None:
     products.upsert(Product("a", "tops", "A"))
-    products.upsert(Product("b", "tops", "Bee", images=("b0.jpg", "b1.jpg")))
-    products.upsert(Product("c", "bags", "Sea"))
-    products.put_recommendations({"a": [("b", 0.9), ("c", 0.5)]})
-    assert products.recommended_rows("a") == [
-        ("b", "tops", "Bee", 2, pytest.approx(0.9)),
-        ("c", "bags", "Sea", 0, 0.5),
-    ]
+    products.upsert(Product("a2", "tops", "A again"))  # a's picture listed again
+    products.upsert(Product("b", "tops", "Bee", images=("b0.jpg", "b1.jpg"), price=12.5))
+    products.upsert(Product("b2", "tops", "Bee too"))
+    products.upsert(Product("c", "bags", "Sea", brand="Acme", in_stock=False))
+    products.put_recommendations({"a": ([("b", 0.9, ("b2",)), ("c", 0.5, ())], [("a2", 1.0)])})
+    assert products.recommended_rows("a") == (
+        [
+            ("b", "tops", "Bee", 2, pytest.approx(0.9), 12.5, None, None, ("b2",)),
+            ("c", "bags", "Sea", 0, 0.5, None, "Acme", False, ()),
+        ],
+        ["a2"],
+    )
+    assert products.recommendations("a") == [("b", pytest.approx(0.9)), ("c", 0.5)]
     products.upsert(Product("b", "tops", "Bee, renamed"))  # a change shows at once
     products.delete("c")
-    assert products.recommended_rows("a") == [("b", "tops", "Bee, renamed", 0, pytest.approx(0.9))]
-    assert products.recommended_rows("nobody") == []
+    products.delete("a2")
+    assert products.recommended_rows("a") == (
+        [("b", "tops", "Bee, renamed", 0, pytest.approx(0.9), None, None, None, ("b2",))],
+        [],
+    )
+    assert products.recommended_rows("nobody") == ([], [])
+    products.delete("b2")  # a listing collapsed into b is gone: the list is no longer right
+    assert products.recommended_rows("a") is None
+    products.put_recommendations({"a": ([("b", 0.9, ("b3",))], [])})
+    products.delete("b")  # b had listings collapsed into it: one of them would take its place
+    assert products.recommended_rows("a") is None
+
+
+def test_filters_select_what_a_naive_check_does(products: ProductStore) -> None:
+    rng = np.random.default_rng(0)
+    brands = [None, "Acme", "acme", "Bolt", "Émile"]
+    for i in range(200):
+        price = None if i % 9 == 0 else float(rng.integers(0, 100))
+        stock = [True, False, None][i % 3]
+        product = Product(
+            f"p{i:03d}", "ab"[i % 2], price=price, brand=brands[i % 5], in_stock=stock
+        )
+        products.upsert(product, products.reserve_vector_ids(2))
+    every = products.list_products()
+
+    def naive(where: ProductFilter, p: Product) -> bool:
+        low, high, wanted = where.min_price, where.max_price, {b.lower() for b in where.brands}
+        return (
+            (low is None or (p.price is not None and p.price >= low))
+            and (high is None or (p.price is not None and p.price <= high))
+            and (not wanted or (p.brand or "").lower() in wanted)
+            and (where.in_stock is None or p.in_stock is where.in_stock)
+        )
+
+    for where in (
+        ProductFilter(min_price=20, max_price=30),
+        ProductFilter(max_price=50.5, in_stock=False),
+        ProductFilter(brands=("ACME", "Émile")),
+        ProductFilter(min_price=40, brands=("bolt",), in_stock=True),
+    ):
+        expected = {p.id for p in every if naive(where, p)}
+        assert expected and products.matching([p.id for p in every], where) == expected
+        ids = products.filtered_vector_ids(where, None, limit=1000)
+        assert {products.owners(ids.tolist())[v] for v in ids.tolist()} == expected
+        assert len(ids) == 2 * len(expected)
+        in_b = products.filtered_vector_ids(where, "b", limit=1000)
+        assert {products.owners(in_b.tolist())[v] for v in in_b.tolist()} == {
+            p for p in expected if int(p[1:]) % 2
+        }
+        assert products.filtered_vector_ids(where, None, limit=len(ids) - 1) is None
+    assert not ProductFilter() and ProductFilter(in_stock=False)
+    assert products.brands() == {"Acme": 80, "Bolt": 40, "Émile": 40}
+    with pytest.raises(ValueError, match="above max_price"):
+        ProductFilter(min_price=3, max_price=2)
+    with pytest.raises(ValueError, match="price"):
+        Product("x", "a", price=-1.0)
+
+
+def test_an_older_file_gains_the_new_columns_and_keeps_its_rows(tmp_path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE products (id TEXT PRIMARY KEY, category TEXT NOT NULL, "
+            "title TEXT NOT NULL, images TEXT NOT NULL, attributes TEXT NOT NULL, "
+            "created TEXT NOT NULL, updated TEXT NOT NULL);"
+            "CREATE TABLE recommendations (product_id TEXT NOT NULL, rank INTEGER NOT NULL, "
+            "other_id TEXT NOT NULL, score REAL NOT NULL, PRIMARY KEY (product_id, rank));"
+            "INSERT INTO products VALUES ('a', 'tops', 'A', '[]', '{}', 't', 't');"
+            "INSERT INTO products VALUES ('b', 'tops', 'B', '[]', '{}', 't', 't');"
+            "INSERT INTO recommendations VALUES ('a', 0, 'b', 0.5);"
+        )
+    store = ProductStore(path)
+    try:
+        assert store.get("a").price is None and store.get("a").in_stock is None
+        assert store.recommended_rows("a") == (
+            [("b", "tops", "B", 0, 0.5, None, None, None, ())],
+            [],
+        )
+        assert store.get_meta("duplicate_threshold") is None
+        store.upsert(Product("a", "tops", "A", price=3.0, brand="Acme", in_stock=True))
+        got = store.get("a")
+        assert (got.price, got.brand, got.in_stock) == (3.0, "Acme", True)
+    finally:
+        store.close()
 
 
 def test_image_refs_finds_every_ref_with_a_prefix(products: ProductStore) -> None:

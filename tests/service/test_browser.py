@@ -7,7 +7,7 @@ import base64
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,34 @@ def aisle_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             (Product(pid, "aisle", f"aisle product {pid}", ("photos/1.jpg",)), vector)
             for pid, vector in zip(AISLE, vectors, strict=True)
         )
+    finally:
+        index.close()
+    app = create_app(service_settings(index=index_dir, model="colour-histogram"))
+    with running_server(app) as url:
+        yield Site(url, root, None, app)
+
+
+COPIES = ["1-again", "1-resold"]  # product 1's picture listed under two more ids
+
+
+@pytest.fixture(scope="module")
+def shop_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The tiny catalog with a price, a brand and a stock flag on each product, and product 1's
+    picture listed twice more (its own views under other ids)."""
+    folder = tmp_path_factory.mktemp("shop")
+    root, index_dir = build_tiny_catalog(folder)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    index = CatalogIndex.open(index_dir, model_fingerprint=manifest["model_fingerprint"])
+    try:
+        for product in index.page(limit=100):
+            n = int(product.id)
+            offer = {"price": 5.0 * n, "brand": "Acme" if n % 2 else "Bolt", "in_stock": n % 3 != 0}
+            index.upsert(replace(product, **offer), None)  # the same views, new fields
+        first = index.get("1")
+        views = index.store.get(index.products.vector_ids("1"))
+        for pid in COPIES:
+            index.upsert(replace(first, id=pid, title=f"{first.title} ({pid})"), views)
+        index.precompute_similar(k=20)
     finally:
         index.close()
     app = create_app(service_settings(index=index_dir, model="colour-histogram"))
@@ -511,3 +539,88 @@ _DISPATCH = """
   }
 }
 """
+
+
+def test_one_picture_listed_three_times_shows_once_with_its_other_listings(
+    browser: Any, shop_site: Site
+) -> None:
+    page = _page(browser)
+    _search_by_upload(page, shop_site)
+    first = page.locator("#results .result").first
+    assert first.locator(".card").get_attribute("data-product-id") == "1"
+    assert first.locator("summary").inner_text() == "2 more listings"
+    shown = page.locator("#results .card")
+    ids = [shown.nth(i).get_attribute("data-product-id") for i in range(shown.count())]
+    assert ids.count("1") == 1 and not set(COPIES) & set(ids) and len(ids) == 12
+    assert "5.00" in first.locator(".card .price").inner_text()  # product 1's price
+    first.locator("summary").click()
+    _shot(page, "15-more-listings-search.png")
+    link = first.locator("a[data-listing='1-resold']")
+    link.click()  # opens the other listing
+    page.wait_for_function("() => location.hash === '#/product/1-resold'")
+    page.wait_for_selector("#listings summary")
+    assert page.inner_text("#listings summary") == "2 more listings"
+    page.click("#listings summary")
+    own = page.locator("#listings a")
+    assert [own.nth(i).get_attribute("data-listing") for i in range(own.count())] == [
+        "1",
+        "1-again",
+    ]
+    alike = page.locator("#similar .card")
+    page.wait_for_selector("#similar .card")
+    assert not {"1", *COPIES} & {
+        alike.nth(i).get_attribute("data-product-id") for i in range(alike.count())
+    }
+    _shot(page, "15-more-listings-product.png")
+    page.context.close()
+
+
+def test_filters_narrow_the_search_and_more_like_this(browser: Any, shop_site: Site) -> None:
+    page = _page(browser)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/similar" in r.url else None)
+    _search_by_upload(page, shop_site)
+    page.wait_for_selector("#brand option[value='Bolt']", state="attached")
+    assert page.is_visible("#brand-label")
+    with page.expect_response("**/v1/search"):
+        page.check("#in-stock")
+    page.wait_for_function("() => !document.querySelector('#results').hasAttribute('aria-busy')")
+    ids = _card_ids(page, "#results")
+    assert ids and all(int(pid.split("-")[0]) % 3 for pid in ids)  # in stock: n % 3 != 0
+    with page.expect_response("**/v1/search"):
+        page.select_option("#brand", "Bolt")  # even ids
+    page.wait_for_function("() => !document.querySelector('#results').hasAttribute('aria-busy')")
+    ids = _card_ids(page, "#results")
+    assert ids and all(int(pid) % 2 == 0 and int(pid) % 3 for pid in ids)
+    assert "12" not in ids  # out of stock
+    page.fill("#min-price", "40")
+    page.fill("#max-price", "20")  # a price applies once typing pauses, or on Enter
+    page.wait_for_selector("#banner:not([hidden])")
+    assert page.get_attribute("#banner", "data-code") == "bad_filter"
+    with page.expect_response("**/v1/search"):
+        page.fill("#max-price", "")
+    with page.expect_response("**/v1/search"):
+        page.fill("#min-price", "")
+        page.press("#min-price", "Enter")
+    assert page.is_hidden("#banner")
+    page.wait_for_function("() => !document.querySelector('#results').hasAttribute('aria-busy')")
+    page.locator("#results .card").first.click()  # the filters follow to "More like this"
+    page.wait_for_selector("#similar-filters #filters")
+    page.wait_for_function(
+        "() => document.querySelector('#similar-meta').textContent.includes('pass the filters')"
+    )
+    assert "in_stock=true" in asked[-1] and "brand=Bolt" in asked[-1]
+    with page.expect_response(lambda r: "same_category=false" in r.url):
+        page.uncheck("#same-category")
+    page.wait_for_selector("#similar .card")
+    ids = _card_ids(page, "#similar")
+    assert len(ids) >= 2 and all(int(pid) % 2 == 0 and int(pid) % 3 for pid in ids)
+    with page.expect_request(lambda r: "/similar" in r.url and "in_stock" not in r.url):
+        page.uncheck("#in-stock")
+    _shot(page, "16-filters.png")
+    page.context.close()
+
+
+def _card_ids(page: Any, where: str) -> list[str]:
+    cards = page.locator(f"{where} .card")
+    return [cards.nth(i).get_attribute("data-product-id") for i in range(cards.count())]

@@ -4,6 +4,10 @@
     JSONL  one object a line with the same keys; extra keys and an "attributes" object -> attributes
     folder ROOT/<category>/<name>.<ext>; id = "<category>/<name>"; title = name, _ and - as spaces
 
+Three attributes are what a shop filters on, checked and also kept as typed fields (an empty
+value: not known): `price` (a number >= 0, such as 12.5), `brand` (text) and `in_stock`
+(true/false, yes/no or 1/0).
+
 Image paths in a file are relative to the file's folder, the catalog root; a path that resolves
 (after symlinks) outside that root is refused. Missing image files are not an import error:
 `missing_images` lists them so the caller can skip and report them.
@@ -11,8 +15,10 @@ Image paths in a file are relative to the file's folder, the catalog root; a pat
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,8 +33,10 @@ __all__ = [
     "CatalogError",
     "CatalogItem",
     "IMAGE_EXTENSIONS",
+    "SHOP_FIELDS",
     "missing_images",
     "read_catalog",
+    "shop_fields",
     "read_side_info",
     "side_attribute",
     "write_catalog_jsonl",
@@ -37,6 +45,9 @@ __all__ = [
 REQUIRED = ("id", "category", "image", "title")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+SHOP_FIELDS = ("price", "brand", "in_stock")
+MAX_BRAND = 100  # characters
+_TRUE, _FALSE = {"true", "yes", "y", "1"}, {"false", "no", "n", "0"}
 
 
 class CatalogError(ValueError):
@@ -50,13 +61,17 @@ class CatalogError(ValueError):
 
 @dataclass
 class CatalogItem:
-    """One catalog product: its id, category, image file (absolute, resolved) and description."""
+    """One catalog product: its id, category, image file (absolute, resolved) and description;
+    `price`, `brand` and `in_stock` are its attributes of those names, checked (None: not known)."""
 
     id: str
     category: str
     image: Path
     title: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    price: float | None = None
+    brand: str | None = None
+    in_stock: bool | None = None
 
 
 # ----------------------------------------------------------------------------------------- read
@@ -121,13 +136,62 @@ def _text_field(path: Path, line: int, row: dict[str, Any], key: str) -> str:
 
 
 def _item(path: Path, line: int, root: Path, row: dict[str, Any], attributes: dict) -> CatalogItem:
+    price, brand, in_stock = shop_fields(path, line, attributes)
     return CatalogItem(
         id=_text_field(path, line, row, "id"),
         category=_text_field(path, line, row, "category"),
         image=_resolve_image(path, line, root, _text_field(path, line, row, "image")),
         title=_text_field(path, line, row, "title"),
         attributes=attributes,
+        price=price,
+        brand=brand,
+        in_stock=in_stock,
     )
+
+
+def shop_fields(
+    path: Path | str, line: int | None, values: dict[str, Any]
+) -> tuple[float | None, str | None, bool | None]:
+    """``(price, brand, in_stock)`` from a product's attributes, checked; an absent or empty
+    value is None. A bad one is a CatalogError naming the file, the line and the value."""
+    price, brand, stock = (values.get(key) for key in SHOP_FIELDS)
+    price, brand, stock = (None if v is None or v == "" else v for v in (price, brand, stock))
+    return (
+        None if price is None else _price(path, line, price),
+        None if brand is None else _brand(path, line, brand),
+        None if stock is None else _in_stock(path, line, stock),
+    )
+
+
+def _price(path: Path | str, line: int | None, value: Any) -> float:
+    number = None
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):  # "12.5", " 12 ", 1e3; not "$12" or "12,50"
+            number = float(value)
+    if number is None or not 0 <= number < math.inf:
+        raise CatalogError(
+            path, line, f"'price' must be a number >= 0 (such as 12.5); got {value!r}"
+        )
+    return number
+
+
+def _brand(path: Path | str, line: int | None, value: Any) -> str | None:
+    if not isinstance(value, str) or len(value.strip()) > MAX_BRAND:
+        raise CatalogError(
+            path, line, f"'brand' must be text of at most {MAX_BRAND} characters; got {value!r}"
+        )
+    return value.strip() or None
+
+
+def _in_stock(path: Path | str, line: int | None, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, str | int) else ""
+    if word not in _TRUE | _FALSE:
+        raise CatalogError(
+            path, line, f"'in_stock' must be true or false (yes/no, 1/0); got {value!r}"
+        )
+    return word in _TRUE
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, CatalogItem]]:
@@ -226,12 +290,14 @@ def _json_row(path: Path, root: Path, item: CatalogItem) -> dict[str, Any]:
         raise CatalogError(
             path, None, f"item {item.id!r}: image {image} is outside the catalog folder {root}"
         )
+    offer = {"price": item.price, "brand": item.brand, "in_stock": item.in_stock}
     return {
         "id": item.id,
         "category": item.category,
         "image": image.relative_to(root).as_posix(),
         "title": item.title,
         "attributes": item.attributes,
+        **{key: value for key, value in offer.items() if value is not None},
     }
 
 

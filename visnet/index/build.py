@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from visnet.data.catalog import read_catalog, read_side_info
+from visnet.data.catalog import SHOP_FIELDS, read_catalog, read_side_info, shop_fields
 from visnet.embed.job import CatalogRow, catalog_rows, embed_catalog, read_shards, run_embed_job
 from visnet.embed.pipeline import PipelineSettings
 from visnet.embed.registry import embedder_fingerprint
@@ -45,13 +45,28 @@ SET_ATTRIBUTES = ("variant_of", "kind", "split", "hue_shift")
 
 
 def _side_info(source: Path) -> tuple[dict[str, dict[str, Any]], tuple[str, ...] | None]:
-    """Titles and attributes by product id, and the attributes to keep (None: all): a
-    Street2Shop-layout set's catalog.jsonl, else the plain catalog's own rows (CSV, JSONL or
-    folder: every attribute is the catalog owner's)."""
+    """Titles, attributes and shop fields (price, brand, in_stock) by product id, and the
+    attributes to keep (None: all): a Street2Shop-layout set's catalog.jsonl, else the plain
+    catalog's own rows (CSV, JSONL or folder: every attribute is the catalog owner's)."""
     if (source / "meta" / "json").is_dir():
-        return read_side_info(source), SET_ATTRIBUTES
+        info = read_side_info(source)
+        for item in info.values():  # shop fields at the top or among the attributes
+            values = {**(item.get("attributes") or {}), **item}
+            fields = shop_fields(source / "catalog.jsonl", None, values)
+            item.update(zip(SHOP_FIELDS, fields, strict=True))
+        return info, SET_ATTRIBUTES
     items = read_catalog(source)
-    return {item.id: {"title": item.title, "attributes": item.attributes} for item in items}, None
+    info = {
+        item.id: {
+            "title": item.title,
+            "attributes": item.attributes,
+            "price": item.price,
+            "brand": item.brand,
+            "in_stock": item.in_stock,
+        }
+        for item in items
+    }
+    return info, None
 
 
 def _products(
@@ -68,12 +83,21 @@ def _products(
     for product_id, indices in by_product.items():
         first = rows[indices[0]]
         extra = info.get(product_id, {})
-        attributes = {
-            k: v for k, v in (extra.get("attributes") or {}).items() if keep is None or k in keep
+        attributes = {  # the shop fields are the product's own fields, not attributes
+            k: v
+            for k, v in (extra.get("attributes") or {}).items()
+            if (keep is None or k in keep) and k not in SHOP_FIELDS
         }
         images = tuple(_relative(rows[i].image, root) for i in indices)
         product = Product(
-            product_id, first.category, str(extra.get("title", "")), images, attributes
+            product_id,
+            first.category,
+            str(extra.get("title", "")),
+            images,
+            attributes,
+            price=extra.get("price"),
+            brand=extra.get("brand"),
+            in_stock=extra.get("in_stock"),
         )
         items.append((product, vectors[indices]))
     return items

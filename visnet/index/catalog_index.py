@@ -15,27 +15,43 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from visnet.index.duplicates import DUPLICATE_THRESHOLD, collapse
 from visnet.index.embedded import EmbeddedStore, StoreSettings
-from visnet.index.partitions import HnswParams
+from visnet.index.partitions import HnswParams, exact_topk
 from visnet.index.pca import PCA, l2_normalise
-from visnet.index.products import Product, ProductStore
+from visnet.index.products import Product, ProductFilter, ProductStore, Recommended
 from visnet.index.protocol import IndexMismatchError, VectorStore
 from visnet.io import write_json_atomic
 
-__all__ = ["CatalogIndex", "Hit"]
+__all__ = ["CatalogIndex", "Hit", "LookAlikes"]
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "visnet-index", 1
 MANIFEST = "manifest.json"
+# A filter that at most this many vectors pass is searched exactly over them (one matrix
+# product, about 5 ms for 20,000 512-D vectors); a wider one by the store's own search, widened
+# until k products that pass come back (it passes a share of at least this over the catalog)
+FILTER_EXACT_LIMIT = 20_000
+THRESHOLD_META = "duplicate_threshold"  # the collapse threshold the stored lists were made with
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One product in a result list, with its best view's inner-product score."""
+    """One product in a result list, with its best view's inner-product score and the other
+    products listing the same picture, collapsed into it (`visnet.index.duplicates`)."""
 
     product_id: str
     score: float
+    duplicates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LookAlikes:
+    """A product's look-alikes, and its own other listings (near-duplicates of it, left out)."""
+
+    hits: list[Hit]
+    duplicates: tuple[str, ...] = ()
 
 
 def _now() -> str:
@@ -88,6 +104,9 @@ class CatalogIndex:
     pending) -> delete the replaced ids from the vector store -> clear them from pending. Opening
     deletes every pending id from the vector store. Searches skip vector ids that no product owns,
     so a write in progress is never half-visible.
+
+    ``duplicate_threshold``: the listing similarity from which results are one picture listed
+    under several ids, shown once (``visnet.index.duplicates``); None shows every product.
     """
 
     def __init__(
@@ -97,10 +116,12 @@ class CatalogIndex:
         store: VectorStore,
         products: ProductStore,
         pca: PCA | None,
+        duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
     ) -> None:
         """Use ``create``, ``open`` or ``open_or_create``."""
         self.path, self.manifest = path, manifest
         self.store, self.products, self.pca = store, products, pca
+        self.duplicate_threshold = duplicate_threshold
         self._write_lock = threading.Lock()
         self._reconcile()
 
@@ -116,6 +137,7 @@ class CatalogIndex:
         embedding_dim: int,
         pca: PCA | None = None,
         settings: StoreSettings | None = None,
+        duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
     ) -> CatalogIndex:
         """Make a new, empty index folder for vectors of one model (and PCA)."""
         path = Path(path)
@@ -144,7 +166,7 @@ class CatalogIndex:
             "created": _now(),
             "updated": _now(),
         }
-        index = cls._assemble(path, manifest, settings)
+        index = cls._assemble(path, manifest, settings, duplicate_threshold)
         index._write_manifest()
         return index
 
@@ -157,6 +179,7 @@ class CatalogIndex:
         pca_fingerprint: str | None = None,
         settings: StoreSettings | None = None,
         model: str | None = None,
+        duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
     ) -> CatalogIndex:
         """Open an index folder, refusing one built by another model or (if given) PCA.
 
@@ -179,6 +202,7 @@ class CatalogIndex:
                 exact_threshold=saved_store["exact_threshold"],
                 hnsw=HnswParams(**saved_store["hnsw"]),
             ),
+            duplicate_threshold,
         )
 
     @classmethod
@@ -212,7 +236,13 @@ class CatalogIndex:
         )
 
     @classmethod
-    def _assemble(cls, path: Path, manifest: dict, settings: StoreSettings) -> CatalogIndex:
+    def _assemble(
+        cls,
+        path: Path,
+        manifest: dict,
+        settings: StoreSettings,
+        duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
+    ) -> CatalogIndex:
         pca = PCA.load(path) if manifest["pca"] else None
         if pca is not None and pca.fingerprint != manifest["pca"]["fingerprint"]:
             raise _mismatch(
@@ -222,7 +252,8 @@ class CatalogIndex:
                 f"{pca.fingerprint} in pca.npy (the file was changed)",
             )
         store = EmbeddedStore(manifest["vector_dim"], path / "vectors", settings)
-        return cls(path, manifest, store, ProductStore(path / "products.sqlite"), pca)
+        products = ProductStore(path / "products.sqlite")
+        return cls(path, manifest, store, products, pca, duplicate_threshold)
 
     def _reconcile(self) -> None:
         pending = self.products.pending_vector_ids()
@@ -313,42 +344,133 @@ class CatalogIndex:
         """Category -> number of products, for every category that holds one (sorted)."""
         return {c: self.products.count(c) for c in self.products.categories()}
 
-    def search(self, embedding: np.ndarray, k: int = 20, category: str | None = None) -> list[Hit]:
-        """The k products whose views best match one query embedding, optionally in a category."""
-        query = self.prepare(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
-        return self._top_products([query], k, category, [None])[0]
+    def brands(self) -> dict[str, int]:
+        """Brand -> number of products, for every brand a product has (sorted)."""
+        return self.products.brands()
 
-    def similar(self, product_id: str, k: int = 20, same_category: bool = True) -> list[Hit]:
+    def search(
+        self,
+        embedding: np.ndarray,
+        k: int = 20,
+        category: str | None = None,
+        filters: ProductFilter | None = None,
+    ) -> list[Hit]:
+        """The k products whose views best match one query embedding, optionally in a category
+        and passing ``filters``, near-duplicate listings collapsed."""
+        query = self.prepare(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
+        return self._top_products([query], k, category, [None], filters)[0][0]
+
+    def similar(
+        self,
+        product_id: str,
+        k: int = 20,
+        same_category: bool = True,
+        filters: ProductFilter | None = None,
+    ) -> list[Hit]:
         """The k products most like this one (best pair of views), itself excluded."""
+        return self.look_alikes(product_id, k, same_category, filters).hits
+
+    def look_alikes(
+        self,
+        product_id: str,
+        k: int = 20,
+        same_category: bool = True,
+        filters: ProductFilter | None = None,
+    ) -> LookAlikes:
+        """``similar``, and the product's own other listings, which its look-alikes leave out."""
         product = self.products.get(product_id)
         views = self.store.get(self.products.vector_ids(product_id))
         category = product.category if same_category else None
-        return self._top_products([views], k, category, [product_id])[0]
+        hits, own = self._top_products([views], k, category, [product_id], filters)[0]
+        return LookAlikes(hits, tuple(pid for pid, _ in own))
 
     def _top_products(
-        self, groups: list[np.ndarray], k: int, category: str | None, exclude: list[str | None]
-    ) -> list[list[Hit]]:
-        """For each group of query rows: the top-k products, views collapsed by max score."""
+        self,
+        groups: list[np.ndarray],
+        k: int,
+        category: str | None,
+        seeds: list[str | None],
+        filters: ProductFilter | None = None,
+    ) -> list[tuple[list[Hit], list[tuple[str, float]]]]:
+        """For each group of query rows: the top-k products (views collapsed by max score,
+        listings of one picture into one hit), and the listings of the group's seed product
+        (its look-alikes' query: left out, and said apart)."""
         if k < 1:
             raise ValueError(f"k must be at least 1; got {k}")
         queries = np.concatenate(groups)
         starts = np.cumsum([0, *(len(g) for g in groups)])
         fetch = 4 * k + 8  # products have a few views each, and the query's own may come back
+        allowed: tuple[np.ndarray, np.ndarray] | None = None  # a narrow filter's (ids, vectors)
         while True:
-            ids, scores = self.store.search(queries, fetch, category)
+            if allowed is None:
+                ids, scores = self.store.search(queries, fetch, category)
+            else:
+                ids, scores = exact_topk(*allowed, queries, fetch)
             owners = self.products.owners(ids.ravel().tolist())
-            hits = [
-                _collapse(ids[a:b], scores[a:b], owners, ex, k)
-                for a, b, ex in zip(starts[:-1], starts[1:], exclude, strict=True)
+            if filters and allowed is None:  # a wide filter: keep what passes
+                passing = self.products.matching(owners.values(), filters)
+                owners = {vid: pid for vid, pid in owners.items() if pid in passing}
+            ranked = [
+                _rank(ids[a:b], scores[a:b], owners, seed)
+                for a, b, seed in zip(starts[:-1], starts[1:], seeds, strict=True)
             ]
-            if all(len(h) >= k for h in hits) or fetch >= self.store.count():
-                return hits
+            found = self._collapse(ranked, groups, seeds, k)
+            limit = self.store.count() if allowed is None else len(allowed[0])
+            if all(len(hits) >= k for hits, _ in found) or fetch >= limit:
+                return found
+            if filters and allowed is None:  # short: a narrow filter, searched over its vectors
+                narrow = self.products.filtered_vector_ids(filters, category, FILTER_EXACT_LIMIT)
+                if narrow is not None:
+                    allowed = (narrow, self.store.get(narrow))
+                    continue
             fetch *= 4
+
+    def _collapse(
+        self,
+        ranked: list[list[tuple[str, float]]],
+        groups: list[np.ndarray],
+        seeds: list[str | None],
+        k: int,
+    ) -> list[tuple[list[Hit], list[tuple[str, float]]]]:
+        threshold = self.duplicate_threshold
+        views = {} if threshold is None else self._listing_views({p for r in ranked for p, _ in r})
+        out = []
+        for products, group, seed in zip(ranked, groups, seeds, strict=True):
+            products = [
+                (pid, score) for pid, score in products if threshold is None or pid in views
+            ]
+            kept, own = collapse(products, views, threshold, k, group if seed else None)
+            hits = [Hit(g.product_id, g.score, tuple(g.duplicates)) for g in kept]
+            scores = dict(products)
+            out.append((hits, [(pid, scores[pid]) for pid in own]))
+        return out
+
+    def _listing_views(self, product_ids: set[str]) -> dict[str, np.ndarray]:
+        """Product id -> its views' vectors, for the products that still have them (a product
+        rewritten meanwhile is left out)."""
+        owned = self.products.views_of(product_ids)
+        try:
+            vectors = self.store.get(np.asarray([v for vs in owned.values() for v in vs], np.int64))
+        except KeyError:  # a write replaced some views between the two reads: one at a time
+            return {
+                pid: v
+                for pid, v in ((p, self._views_now(vs)) for p, vs in owned.items())
+                if v is not None
+            }
+        bounds = np.cumsum([0, *(len(vs) for vs in owned.values())])
+        return {pid: vectors[a:b] for pid, a, b in zip(owned, bounds[:-1], bounds[1:], strict=True)}
+
+    def _views_now(self, vector_ids: list[int]) -> np.ndarray | None:
+        try:
+            return self.store.get(np.asarray(vector_ids, np.int64))
+        except KeyError:
+            return None
 
     def precompute_similar(
         self, k: int = 20, same_category: bool = True, batch: int = 256, progress: bool = False
     ) -> int:
-        """Compute and store every product's ``similar`` list; returns the number of products."""
+        """Compute and store every product's ``similar`` list (and its own other listings);
+        returns the number of products."""
         groups: dict[tuple[str, str], list[int]] = {}
         for vid, pid, cat in self.products.vector_table():
             groups.setdefault((cat, pid), []).append(vid)
@@ -356,34 +478,41 @@ class CatalogIndex:
         bar = tqdm(total=len(keys), desc="precompute", unit="product", disable=not progress)
         for start in range(0, len(keys), batch):
             chunk = keys[start : start + batch]
-            lists: dict[str, list[tuple[str, float]]] = {}
+            lists: dict[str, Recommended] = {}
             for cat in dict.fromkeys(c for c, _ in chunk):
                 part = [(c, p) for c, p in chunk if c == cat]
                 views = [self.store.get(np.asarray(groups[key])) for key in part]
                 found = self._top_products(
                     views, k, cat if same_category else None, [p for _, p in part]
                 )
-                lists.update(
-                    {
-                        p: [(h.product_id, h.score) for h in hs]
-                        for (_, p), hs in zip(part, found, strict=True)
-                    }
-                )
+                for (_, pid), (hits, own) in zip(part, found, strict=True):
+                    lists[pid] = ([(h.product_id, h.score, h.duplicates) for h in hits], own)
             self.products.put_recommendations(lists)
             bar.update(len(chunk))
         bar.close()
+        self.products.set_meta(THRESHOLD_META, json.dumps(self.duplicate_threshold))
         log.info("precomputed %d similar products for %d products", k, len(keys))
         return len(keys)
+
+    def recommendations_current(self) -> bool:
+        """Whether the stored lists, if any, were made with this index's ``duplicate_threshold``
+        (lists stored before near-duplicates were collapsed were not)."""
+        made = self.products.get_meta(THRESHOLD_META)
+        return (
+            made == json.dumps(self.duplicate_threshold) or not self.products.has_recommendations()
+        )
 
     def recommendations(self, product_id: str) -> list[Hit]:
         """The precomputed ``similar`` list (products deleted since are left out)."""
         self.products.get(product_id)
         return [Hit(p, s) for p, s in self.products.recommendations(product_id)]
 
-    def recommendation_rows(self, product_id: str) -> list[tuple[str, str, str, int, float]]:
-        """The precomputed ``similar`` list with what a result shows, in one indexed read:
-        ``(id, category, title, image count, score)``, products deleted since left out; ``[]``
-        when none is stored (an unknown product included)."""
+    def recommendation_rows(self, product_id: str) -> tuple[list[tuple], list[str]] | None:
+        """The precomputed ``similar`` list with what a result shows, in one indexed read: rows
+        ``(id, category, title, image count, score, price, brand, in stock, duplicates)``,
+        products deleted since left out, and the product's own other listings; ``([], [])``
+        when none is stored (an unknown product included); None when a deletion changed what
+        the list would be (``ProductStore.recommended_rows``)."""
         return self.products.recommended_rows(product_id)
 
     # ---- persistence -----------------------------------------------------------------------
@@ -410,14 +539,14 @@ class CatalogIndex:
             self.products.close()
 
 
-def _collapse(
-    ids: np.ndarray, scores: np.ndarray, owners: dict[int, str], exclude: str | None, k: int
-) -> list[Hit]:
-    """Merge rows of vector hits into products (max score), dropping unowned ids and ``exclude``."""
+def _rank(
+    ids: np.ndarray, scores: np.ndarray, owners: dict[int, str], exclude: str | None
+) -> list[tuple[str, float]]:
+    """Rows of vector hits -> products by their best score, best first (ties by id), leaving out
+    unowned ids and ``exclude``."""
     best: dict[str, float] = {}
     for vid, score in zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True):
         pid = owners.get(vid)
         if pid is not None and pid != exclude and score > best.get(pid, -np.inf):
             best[pid] = score
-    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return [Hit(pid, float(score)) for pid, score in ranked]
+    return [(pid, float(score)) for pid, score in sorted(best.items(), key=lambda t: (-t[1], t[0]))]

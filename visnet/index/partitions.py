@@ -13,7 +13,14 @@ import numpy as np
 
 from visnet.io import fsync_file
 
-__all__ = ["ExactPartition", "HnswPartition", "HnswParams", "Partition", "pad_topk"]
+__all__ = [
+    "ExactPartition",
+    "HnswPartition",
+    "HnswParams",
+    "Partition",
+    "exact_topk",
+    "pad_topk",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,27 @@ def pad_topk(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, n
     out_scores = np.full((m, k), -np.inf, dtype=np.float32)
     out_ids[:, :j], out_scores[:, :j] = ids, scores
     return out_ids, out_scores
+
+
+def exact_topk(
+    ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product of each query row over ``vectors`` (n, d) named by ``ids``:
+    ids (m, k) padded with -1 and scores (m, k), best first. The one exact search: an exact
+    partition's, and a filter's over the vectors that pass it."""
+    n = len(ids)
+    j = min(k, n)
+    if j == 0:
+        return pad_topk(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0)), k)
+    scores = queries @ vectors.T
+    top = np.argpartition(-scores, j - 1, axis=1)[:, :j] if j < n else None
+    if top is None:
+        top = np.broadcast_to(np.arange(n), scores.shape)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    found = ids[top], np.take_along_axis(top_scores, order, axis=1).astype(np.float32)
+    return pad_topk(*found, k)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> Path:
@@ -112,18 +140,7 @@ class ExactPartition:
             self._n = last
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        j = min(k, self._n)
-        if j == 0:
-            return pad_topk(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0)), k)
-        scores = queries @ self._matrix[: self._n].T
-        top = np.argpartition(-scores, j - 1, axis=1)[:, :j] if j < self._n else None
-        if top is None:
-            top = np.broadcast_to(np.arange(self._n), scores.shape)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        found = self._ids[top], np.take_along_axis(top_scores, order, axis=1).astype(np.float32)
-        return pad_topk(*found, k)
+        return exact_topk(self._ids[: self._n], self._matrix[: self._n], queries, k)
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         return self._matrix[[self._slot[int(i)] for i in ids]].copy()

@@ -1,11 +1,12 @@
-"""The product store (SQLite, WAL journal): products, their view vectors' ids, recommendations."""
+"""The product store (SQLite, WAL journal): products, filters, vector ids, recommendations."""
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -14,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Product", "ProductStore", "UnknownProductError"]
+__all__ = ["Product", "ProductFilter", "ProductStore", "UnknownProductError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id TEXT PRIMARY KEY, category TEXT NOT NULL, title TEXT NOT NULL,
-    images TEXT NOT NULL, attributes TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL);
+    images TEXT NOT NULL, attributes TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL,
+    price REAL, brand TEXT COLLATE NOCASE, in_stock INTEGER);
 DROP INDEX IF EXISTS products_category;
 CREATE INDEX IF NOT EXISTS products_category_id ON products (category, id);
 CREATE TABLE IF NOT EXISTS vectors (
@@ -30,9 +32,21 @@ CREATE TABLE IF NOT EXISTS pending_vectors (vector_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS recommendations (
     product_id TEXT NOT NULL, rank INTEGER NOT NULL, other_id TEXT NOT NULL, score REAL NOT NULL,
-    PRIMARY KEY (product_id, rank));
+    duplicates TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (product_id, rank));
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_COLUMNS = "id, category, title, images, attributes, created, updated"
+# columns added since the first release: ALTER TABLE adds them to an older file when it opens
+_ADDED = {
+    "products": (("price", "REAL"), ("brand", "TEXT COLLATE NOCASE"), ("in_stock", "INTEGER")),
+    "recommendations": (("duplicates", "TEXT NOT NULL DEFAULT '[]'"),),
+}
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS products_price ON products (price);
+CREATE INDEX IF NOT EXISTS products_brand ON products (brand);
+"""
+# a product's stored look-alikes: ([(id, score, its collapsed listings)], [(own listing, score)])
+Recommended = tuple[list[tuple[str, float, Sequence[str]]], list[tuple[str, float]]]
+_COLUMNS = "id, category, title, images, attributes, created, updated, price, brand, in_stock"
 
 
 class UnknownProductError(KeyError):
@@ -48,7 +62,11 @@ class UnknownProductError(KeyError):
 
 @dataclass(frozen=True)
 class Product:
-    """A catalog product; ``created`` and ``updated`` are ISO-8601 UTC, set by the store."""
+    """A catalog product; ``created`` and ``updated`` are ISO-8601 UTC, set by the store.
+
+    ``price`` (in the catalog's currency, at least 0), ``brand`` and ``in_stock`` are what a
+    shop filters on (`ProductFilter`); None: not known.
+    """
 
     id: str
     category: str
@@ -57,6 +75,9 @@ class Product:
     attributes: dict[str, Any] = field(default_factory=dict)
     created: str | None = None
     updated: str | None = None
+    price: float | None = None
+    brand: str | None = None
+    in_stock: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -65,6 +86,51 @@ class Product:
             raise ValueError(
                 f"product {self.id!r} needs a non-empty category; got {self.category!r}"
             )
+        if self.price is not None and not (
+            isinstance(self.price, int | float) and 0 <= self.price < math.inf
+        ):
+            raise ValueError(
+                f"product {self.id!r}: price must be a number >= 0; got {self.price!r}"
+            )
+        if self.brand is not None and (not isinstance(self.brand, str) or not self.brand.strip()):
+            raise ValueError(f"product {self.id!r}: brand must be a non-empty string or None")
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    """What a shop filters products on besides the category; a field left None (or no brands)
+    does not filter. A product whose value is unknown fails a filter on it."""
+
+    min_price: float | None = None
+    max_price: float | None = None
+    brands: tuple[str, ...] = ()  # any of these, compared without case
+    in_stock: bool | None = None  # True: in stock only; False: out of stock only
+
+    def __post_init__(self) -> None:
+        low, high = self.min_price, self.max_price
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_price {low} is above max_price {high}")
+
+    def __bool__(self) -> bool:
+        """Whether it filters anything."""
+        return self != ProductFilter()
+
+    def where(self, table: str = "p") -> tuple[str, list[Any]]:
+        """The SQL condition on ``table`` (the products table's alias) and its parameters."""
+        terms, params = ["1"], list[Any]()
+        if self.min_price is not None:
+            terms.append(f"{table}.price >= ?")
+            params.append(self.min_price)
+        if self.max_price is not None:
+            terms.append(f"{table}.price <= ?")
+            params.append(self.max_price)
+        if self.brands:
+            terms.append(f"{table}.brand IN ({','.join('?' * len(self.brands))})")
+            params.extend(self.brands)
+        if self.in_stock is not None:
+            terms.append(f"{table}.in_stock = ?")
+            params.append(int(self.in_stock))
+        return " AND ".join(terms), params
 
 
 def _now() -> str:
@@ -72,20 +138,32 @@ def _now() -> str:
 
 
 def _row_to_product(row: tuple) -> Product:
-    pid, category, title, images, attributes, created, updated = row
+    pid, category, title, images, attributes, created, updated, price, brand, stock = row
     return Product(
-        pid, category, title, tuple(json.loads(images)), json.loads(attributes), created, updated
+        pid,
+        category,
+        title,
+        tuple(json.loads(images)),
+        json.loads(attributes),
+        created,
+        updated,
+        price,
+        brand,
+        None if stock is None else bool(stock),
     )
 
 
 class ProductStore:
     """Products in one SQLite file (``":memory:"`` for a throwaway one); safe across threads.
 
-    Tables: ``products`` (one row a product), ``vectors`` (vector id -> product id and view number),
-    ``pending_vectors`` (vector ids the vector store may hold but no product owns: reserved for a
-    write in progress, or released by an update or delete; the catalog index deletes them from the
-    vector store and clears them, also after a crash), ``counters`` (the next vector id) and
-    ``recommendations`` (precomputed similar products).
+    Tables: ``products`` (one row a product; price, brand and stock in their own indexed columns,
+    for filters), ``vectors`` (vector id -> product id and view number), ``pending_vectors``
+    (vector ids the vector store may hold but no product owns: reserved for a write in progress,
+    or released by an update or delete; the catalog index deletes them from the vector store and
+    clears them, also after a crash), ``counters`` (the next vector id), ``recommendations``
+    (precomputed similar products, each with the listings collapsed into it) and ``meta`` (what
+    the index keeps about itself, such as the collapse threshold of those lists). A file made
+    before a column existed gains it when opened.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -96,6 +174,12 @@ class ProductStore:
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only kill
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        for table, columns in _ADDED.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+        self._db.executescript(_INDEXES)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
@@ -139,10 +223,11 @@ class ProductStore:
         now = _now()
         stamped = replace(product, created=row[0] if row else now, updated=now)
         cur.execute(
-            f"INSERT INTO products ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
-            "UPDATE SET category = excluded.category, title = excluded.title, "
-            "images = excluded.images, attributes = excluded.attributes, "
-            "updated = excluded.updated",
+            f"INSERT INTO products ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET category = excluded.category, "
+            "title = excluded.title, images = excluded.images, attributes = excluded.attributes, "
+            "updated = excluded.updated, price = excluded.price, brand = excluded.brand, "
+            "in_stock = excluded.in_stock",
             (
                 stamped.id,
                 stamped.category,
@@ -151,6 +236,9 @@ class ProductStore:
                 json.dumps(stamped.attributes),
                 stamped.created,
                 stamped.updated,
+                stamped.price,
+                stamped.brand,
+                None if stamped.in_stock is None else int(stamped.in_stock),
             ),
         )
 
@@ -230,6 +318,44 @@ class ProductStore:
         """The categories that hold at least one product, sorted."""
         return [r[0] for r in self._query("SELECT DISTINCT category FROM products ORDER BY 1")]
 
+    def brands(self) -> dict[str, int]:
+        """Brand -> number of products, for every brand a product has, sorted; spellings that
+        differ only in the case of ASCII letters are one brand, named by one of them."""
+        rows = self._query(
+            "SELECT MIN(brand), COUNT(*) FROM products WHERE brand IS NOT NULL "
+            "GROUP BY brand ORDER BY brand"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    # ---- filters ---------------------------------------------------------------------------
+
+    def matching(self, product_ids: Iterable[str], where: ProductFilter) -> set[str]:
+        """The ones of ``product_ids`` that pass the filter."""
+        ids = sorted(set(product_ids))
+        if not ids:
+            return set()
+        condition, params = where.where()
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT p.id FROM products p WHERE p.id IN ({marks}) AND {condition}"
+        return {r[0] for r in self._query(sql, [*ids, *params])}
+
+    def filtered_vector_ids(
+        self, where: ProductFilter, category: str | None, limit: int
+    ) -> np.ndarray | None:
+        """The vector ids of the products that pass the filter (and are in ``category``, if
+        given), or None when there are more than ``limit``: reading past it is cut short."""
+        condition, params = where.where()
+        if category is not None:
+            condition, params = f"{condition} AND p.category = ?", [*params, category]
+        rows = self._query(
+            "SELECT v.vector_id FROM vectors v JOIN products p ON p.id = v.product_id "
+            f"WHERE {condition} LIMIT ?",
+            [*params, limit + 1],
+        )
+        if len(rows) > limit:
+            return None
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
     # ---- vector ids ------------------------------------------------------------------------
 
     def reserve_vector_ids(self, n: int) -> np.ndarray:
@@ -251,6 +377,22 @@ class ProductStore:
         if not rows and product_id not in self:
             raise UnknownProductError(product_id)
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    def views_of(self, product_ids: Iterable[str]) -> dict[str, list[int]]:
+        """Product id -> its vector ids in view order, for the ids given that some product has."""
+        ids = sorted(set(product_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._query(
+            f"SELECT product_id, vector_id FROM vectors WHERE product_id IN ({marks}) "
+            "ORDER BY product_id, view",
+            ids,
+        )
+        found: dict[str, list[int]] = {}
+        for pid, vid in rows:
+            found.setdefault(pid, []).append(vid)
+        return found
 
     def owners(self, vector_ids: Iterable[int]) -> dict[int, str]:
         """``vector id -> product id`` for the ids some product owns."""
@@ -286,37 +428,79 @@ class ProductStore:
 
     # ---- recommendations -------------------------------------------------------------------
 
-    def put_recommendations(self, lists: dict[str, list[tuple[str, float]]]) -> None:
-        """Replace the stored similar-product lists of the given products."""
+    def put_recommendations(self, lists: dict[str, Recommended]) -> None:
+        """Replace the stored similar-product lists of the given products.
+
+        A list's results are stored at ranks 0, 1, ... with the products collapsed into each
+        (its near-duplicate listings); the product's own other listings, left out of its list,
+        at the negative ranks before them, in their order.
+        """
         with self._tx() as cur:
-            for pid, items in lists.items():
+            for pid, (items, own) in lists.items():
                 cur.execute("DELETE FROM recommendations WHERE product_id = ?", (pid,))
-                cur.executemany(
-                    "INSERT INTO recommendations VALUES (?, ?, ?, ?)",
-                    [(pid, rank, other, float(score)) for rank, (other, score) in enumerate(items)],
-                )
+                rows = [
+                    (pid, rank, other, float(score), json.dumps(list(duplicates)))
+                    for rank, (other, score, duplicates) in enumerate(items)
+                ]
+                rows += [
+                    (pid, n - len(own), other, float(score), "[]")
+                    for n, (other, score) in enumerate(own)
+                ]
+                cur.executemany("INSERT INTO recommendations VALUES (?, ?, ?, ?, ?)", rows)
 
     def recommendations(self, product_id: str) -> list[tuple[str, float]]:
         """The stored list of ``(product id, score)``, skipping products deleted since."""
         rows = self._query(
             "SELECT r.other_id, r.score FROM recommendations r "
-            "JOIN products p ON p.id = r.other_id WHERE r.product_id = ? ORDER BY r.rank",
+            "JOIN products p ON p.id = r.other_id WHERE r.product_id = ? AND r.rank >= 0 "
+            "ORDER BY r.rank",
             (product_id,),
         )
         return [(r[0], float(r[1])) for r in rows]
 
-    def recommended_rows(self, product_id: str) -> list[tuple[str, str, str, int, float]]:
-        """The stored list as ``(id, category, title, image count, score)``, deleted ones skipped.
+    def recommended_rows(self, product_id: str) -> tuple[list[tuple], list[str]] | None:
+        """The stored list as rows ``(id, category, title, image count, score, price, brand,
+        in stock, duplicates)`` and the product's own other listings; products deleted since
+        are skipped. None when a deletion changed what the list would be (a deleted result
+        had listings collapsed into it, or a collapsed listing was deleted): ask live.
 
-        One indexed query that parses no JSON: the fast path of a "more like this" request.
+        One indexed query: the fast path of a "more like this" request.
         """
         rows = self._query(
-            "SELECT p.id, p.category, p.title, json_array_length(p.images), r.score "
-            "FROM recommendations r JOIN products p ON p.id = r.other_id "
+            "SELECT r.rank, r.other_id, p.category, p.title, json_array_length(p.images), "
+            "r.score, p.price, p.brand, p.in_stock, r.duplicates, r.duplicates != '[]' AND "
+            "EXISTS (SELECT 1 FROM json_each(r.duplicates) j WHERE NOT EXISTS "
+            "(SELECT 1 FROM products q WHERE q.id = j.value)) "
+            "FROM recommendations r LEFT JOIN products p ON p.id = r.other_id "
             "WHERE r.product_id = ? ORDER BY r.rank",
             (product_id,),
         )
-        return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in rows]
+        found, own = [], []
+        for rank, other, category, title, views, score, price, brand, stock, dups, gone in rows:
+            if gone or (category is None and dups != "[]"):
+                return None
+            if category is None:
+                continue
+            if rank < 0:
+                own.append(other)
+                continue
+            stocked = None if stock is None else bool(stock)
+            duplicates = () if dups == "[]" else tuple(json.loads(dups))
+            found.append((other, category, title, views, score, price, brand, stocked, duplicates))
+        return found, own
+
+    def has_recommendations(self) -> bool:
+        """Whether any product has a stored list."""
+        return bool(self._query("SELECT 1 FROM recommendations LIMIT 1"))
+
+    def get_meta(self, name: str) -> str | None:
+        """A value the index keeps about itself (``set_meta``), or None."""
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 
     def close(self) -> None:
         """Close the database."""

@@ -33,6 +33,10 @@ class Match(NamedTuple):
     title: str
     views: int  # how many images the product has
     score: float
+    price: float | None = None
+    brand: str | None = None
+    in_stock: bool | None = None
+    duplicates: tuple[str, ...] = ()  # other listings of the same picture, collapsed into it
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Similar:
     product_id: str
     source: Literal["precomputed", "live"]
     matches: tuple[Match, ...]
+    duplicates: tuple[str, ...] = ()  # the product's own other listings, left out of matches
 
 
 @dataclass(frozen=True)

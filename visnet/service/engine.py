@@ -24,7 +24,7 @@ from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.images import DecodedImage, ImageLimits, decode_image
 from visnet.index.catalog_index import CatalogIndex, Hit
-from visnet.index.products import Product
+from visnet.index.products import Product, ProductFilter
 from visnet.index.refs import product_image
 from visnet.service import files
 from visnet.service.answers import (
@@ -182,6 +182,7 @@ class Engine:
         self._model_slots = threading.BoundedSemaphore(settings.model_workers)
         self._write_lock = threading.Lock()
         self._categories: dict[str, int] | None = None
+        self._brands: dict[str, int] | None = None
 
     @classmethod
     def load(cls, settings: ServiceSettings, metrics: Metrics) -> Engine:
@@ -196,9 +197,18 @@ class Engine:
         _limit_threads(settings.compute_threads)
         _return_large_frees()
         index = CatalogIndex.open(  # takes the lock; another model's index is refused
-            settings.index, model_fingerprint=fingerprint, model=settings.model
+            settings.index,
+            model_fingerprint=fingerprint,
+            model=settings.model,
+            duplicate_threshold=settings.duplicate_threshold,
         )
         engine = cls(settings, embedder, index, detector, metrics)
+        if not index.recommendations_current():
+            log.info(
+                "the stored recommendation lists were made with another duplicate threshold "
+                "(or none); answering live until they are recomputed"
+            )
+            engine.recommendations.mark_stale()  # recomputed refresh_after_s from now
         engine.recommendations.start()
         log.info(
             "loaded model %s, index %s (%d products), detector %s in %.1fs",
@@ -262,8 +272,11 @@ class Engine:
         with self._model_slots:
             return self.embedder.embed(images)
 
-    def search(self, data: bytes, k: int, category: str | None) -> SearchResults:
-        """Search a photo: one result list per detected object ("shop the look")."""
+    def search(
+        self, data: bytes, k: int, category: str | None, filters: ProductFilter | None = None
+    ) -> SearchResults:
+        """Search a photo: one result list per detected object ("shop the look"), each of the
+        products that pass ``filters``."""
         start = t = time.perf_counter()
         decoded = self.decode(data)
         t = self._timed("decode", t)
@@ -282,7 +295,7 @@ class Engine:
                 and (obj.label_score or 0.0) >= self.category_threshold
             )
             wanted = category or (obj.label if confident else None)
-            matches = self.matches(self.index.search(vector, k, wanted))
+            matches = self.matches(self.index.search(vector, k, wanted, filters))
             objects.append(
                 ObjectResults(obj.box, obj.label, obj.score, obj.label_score, wanted, matches)
             )
@@ -303,17 +316,26 @@ class Engine:
         """Index hits -> result entries (titles and categories from the product cache)."""
         out = []
         for hit in hits:
-            found = self.product(hit.product_id)
-            out.append(Match(found.id, found.category, found.title, len(found.images), hit.score))
+            p = self.product(hit.product_id)
+            shown = (p.id, p.category, p.title, len(p.images), hit.score)
+            out.append(Match(*shown, p.price, p.brand, p.in_stock, hit.duplicates))
         return out
 
-    def quick_similar(self, product_id: str, k: int, same_category: bool) -> Similar | None:
+    def quick_similar(
+        self,
+        product_id: str,
+        k: int,
+        same_category: bool,
+        filters: ProductFilter | None = None,
+    ) -> Similar | None:
         """The /similar answer from the answer cache or the stored list, or None (then ask
         `live_similar`). Quick enough for the event loop: a dict lookup or one SQLite read."""
-        found = self.similar_cache.get((product_id, k, same_category))
+        found = self.similar_cache.get((product_id, k, same_category, filters or None))
         if found is not None:
             self.metrics.similar_source.labels("cache").inc()
             return found
+        if filters:  # the stored lists are unfiltered
+            return None
         return self.precomputed_similar(product_id, k, same_category)
 
     def precomputed_similar(self, product_id: str, k: int, same_category: bool) -> Similar | None:
@@ -326,24 +348,39 @@ class Engine:
             return None
         generation = self.recommendations.generation
         stored = self.index.recommendation_rows(product_id)
-        if len(stored) < k:
+        if stored is None or len(stored[0]) < k:
             return None
-        matches = tuple(map(Match._make, stored[:k]))
-        answer = Similar(product_id, "precomputed", matches)
-        return self._answer(answer, k, same_category, generation)
+        matches = tuple(map(Match._make, stored[0][:k]))
+        answer = Similar(product_id, "precomputed", matches, tuple(stored[1]))
+        return self._answer(answer, k, same_category, None, generation)
 
-    def live_similar(self, product_id: str, k: int, same_category: bool) -> Similar:
-        """The /similar answer searched now (``UnknownProductError`` for a bad id)."""
+    def live_similar(
+        self,
+        product_id: str,
+        k: int,
+        same_category: bool,
+        filters: ProductFilter | None = None,
+    ) -> Similar:
+        """The /similar answer searched now (``UnknownProductError`` for a bad id), of the
+        products that pass ``filters``."""
         generation = self.recommendations.generation
         self.product(product_id)  # unknown ids raise here (from the cache when warm)
-        matches = self.matches(self.index.similar(product_id, k, same_category))
-        answer = Similar(product_id, "live", tuple(matches))
-        return self._answer(answer, k, same_category, generation)
+        found = self.index.look_alikes(product_id, k, same_category, filters)
+        answer = Similar(product_id, "live", tuple(self.matches(found.hits)), found.duplicates)
+        return self._answer(answer, k, same_category, filters, generation)
 
-    def _answer(self, answer: Similar, k: int, same_category: bool, generation: int) -> Similar:
+    def _answer(
+        self,
+        answer: Similar,
+        k: int,
+        same_category: bool,
+        filters: ProductFilter | None,
+        generation: int,
+    ) -> Similar:
         self.metrics.similar_source.labels(answer.source).inc()
         if generation == self.recommendations.generation:  # no write raced this answer
-            self.similar_cache.put((answer.product_id, k, same_category), answer)
+            key = (answer.product_id, k, same_category, filters or None)
+            self.similar_cache.put(key, answer)
         return answer
 
     def categories(self) -> dict[str, int]:
@@ -354,6 +391,16 @@ class Engine:
             found = self.index.category_counts()
             if generation == self.recommendations.generation:
                 self._categories = found
+        return found
+
+    def brands(self) -> dict[str, int]:
+        """Brand -> product count (cached until the next write)."""
+        found = self._brands
+        if found is None:
+            generation = self.recommendations.generation
+            found = self.index.brands()
+            if generation == self.recommendations.generation:
+                self._brands = found
         return found
 
     def browse(self, category: str | None, cursor: str | None, limit: int) -> ProductPage:
@@ -380,19 +427,25 @@ class Engine:
     def _invalidate(self) -> None:
         self.similar_cache.clear()
         self.products.clear()
-        self._categories = None
+        self._categories = self._brands = None
 
     def ingest(
-        self, product_id: str, category: str, title: str, images: list[bytes]
+        self,
+        product_id: str,
+        category: str,
+        title: str,
+        images: list[bytes],
+        offer: dict[str, Any] | None = None,
     ) -> tuple[Product, bool]:
         """Create or replace a product from image bytes: decode all (any bad one fails the whole
-        request, nothing written), embed, store the files, upsert. Visible to the next query."""
+        request, nothing written), embed, store the files, upsert. Visible to the next query.
+        ``offer``: the product's ``price``, ``brand`` and ``in_stock`` (absent: not known)."""
         decoded = [self.decode(data).image for data in images]
         vectors = self.embed(decoded)
         with self._write_lock:
             created = product_id not in self.index
             refs = files.save_uploads(self.index.path, product_id, decoded)
-            product = Product(product_id, category, title, refs, {"source": "api"})
+            product = Product(product_id, category, title, refs, {"source": "api"}, **(offer or {}))
             self.recommendations.mark_stale()
             try:
                 self.index.upsert(product, vectors)

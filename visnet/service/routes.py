@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Securi
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, Response
 
+from visnet.data.catalog import MAX_BRAND
 from visnet.data.samples import Sample, list_samples, sample_file
-from visnet.index.products import Product
+from visnet.index.products import Product, ProductFilter
 from visnet.service import files
 from visnet.service.answers import Match, ObjectResults, ProductPage, SearchResults, Similar
 from visnet.service.engine import Engine
@@ -27,10 +28,14 @@ from visnet.service.schemas import (
     DEFAULT_PAGE,
     MAX_K,
     MAX_PAGE,
+    MAX_PRICE,
     PRODUCT_ID_PATTERN,
+    BrandOut,
+    BrandsOut,
     CategoriesOut,
     CategoryOut,
     DeletedOut,
+    FiltersIn,
     HealthOut,
     ProductOut,
     ProductsOut,
@@ -70,6 +75,8 @@ EngineDep = Annotated[Engine, Depends(engine_of)]
 SettingsDep = Annotated[ServiceSettings, Depends(settings_of)]
 ProductId = Annotated[str, Path(pattern=PRODUCT_ID_PATTERN, description="a catalog product id")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
+FiltersQuery = Annotated[FiltersIn, Query()]
+FiltersForm = Annotated[FiltersIn, Form()]
 
 
 def image_url(product_id: str, view: int) -> str:
@@ -84,7 +91,19 @@ def result_fields(match: Match) -> dict[str, Any]:
         "category": match.category,
         "score": round(match.score, 5),
         "image_url": image_url(match.product_id, 0) if match.views else None,
+        "price": match.price,
+        "brand": match.brand,
+        "in_stock": match.in_stock,
+        "duplicates": list(match.duplicates),
     }
+
+
+def product_filter(filters: FiltersIn) -> ProductFilter | None:
+    """The request's filters as the index takes them; None when they filter nothing."""
+    found = ProductFilter(
+        filters.min_price, filters.max_price, tuple(dict.fromkeys(filters.brand)), filters.in_stock
+    )
+    return found or None
 
 
 def similar_json(found: Similar) -> Response:
@@ -93,7 +112,12 @@ def similar_json(found: Similar) -> Response:
     230 us in process). `tests/service/test_service.py` checks the bytes are exactly a
     `SimilarOut`."""
     results = [result_fields(m) for m in found.matches]
-    body = {"product_id": found.product_id, "source": found.source, "results": results}
+    body = {
+        "product_id": found.product_id,
+        "source": found.source,
+        "results": results,
+        "duplicates": list(found.duplicates),
+    }
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -125,6 +149,9 @@ def product_out(product: Product) -> ProductOut:
         title=product.title,
         images=[image_url(product.id, view) for view in range(len(product.images))],
         attributes=product.attributes,
+        price=product.price,
+        brand=product.brand,
+        in_stock=product.in_stock,
         created=product.created,
         updated=product.updated,
     )
@@ -142,15 +169,18 @@ def product_out(product: Product) -> ProductOut:
 async def search(
     engine: EngineDep,
     image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, ...)")],
+    filters: FiltersForm,
     category: Annotated[
         str | None, Form(pattern=CATEGORY_PATTERN, description="search this category only")
     ] = None,
     k: Annotated[int, Form(ge=1, le=MAX_K, description="results per object")] = DEFAULT_K,
 ) -> SearchOut:
     """Find the catalog products in a photo: one result list per detected object (the whole photo
-    when no detector is configured or nothing is found)."""
+    when no detector is configured or nothing is found), each of the products that pass the
+    filters, near-duplicate listings collapsed into one result."""
     data = await image.read()
-    return search_out(await run_in_threadpool(engine.search, data, k, category))
+    wanted = product_filter(filters)
+    return search_out(await run_in_threadpool(engine.search, data, k, category, wanted))
 
 
 @router.get(
@@ -160,14 +190,21 @@ async def search(
     tags=["products"],
 )
 async def similar(
-    engine: EngineDep, product_id: ProductId, k: K = DEFAULT_K, same_category: bool = True
+    engine: EngineDep,
+    product_id: ProductId,
+    filters: FiltersQuery,
+    k: K = DEFAULT_K,
+    same_category: bool = True,
 ) -> Response:
-    """Products that look like this one ("more like this"), itself excluded."""
+    """Products that look like this one ("more like this"), itself and its own other listings
+    excluded, of the products that pass the filters (answered live when any is given)."""
     # cached, or one indexed SQLite read of the stored list, here on the event loop: a thread
     # hop would cost more than the read (benchmarks/api.py, 1M products); else live in a thread
-    found = engine.quick_similar(product_id, k, same_category)
+    wanted = product_filter(filters)
+    found = engine.quick_similar(product_id, k, same_category, wanted)
     if found is None:
-        found = await run_in_threadpool(engine.live_similar, product_id, k, same_category)
+        live = engine.live_similar
+        found = await run_in_threadpool(live, product_id, k, same_category, wanted)
     return similar_json(found)
 
 
@@ -226,14 +263,21 @@ async def put_product(
     category: Annotated[str, Form(pattern=CATEGORY_PATTERN)],
     images: Annotated[list[UploadFile], File(description="one file per view")],
     title: Annotated[str, Form(max_length=300)] = "",
+    price: Annotated[
+        float | None, Form(ge=0, le=MAX_PRICE, description="in the catalog's currency")
+    ] = None,
+    brand: Annotated[str | None, Form(min_length=1, max_length=MAX_BRAND)] = None,
+    in_stock: Annotated[bool | None, Form()] = None,
 ) -> ProductOut:
     """Create (201) or replace (200) a product from its images; searchable at the next query.
-    Needs the X-API-Key header."""
+    A field left out is not known (a replaced product keeps no old value). Needs the X-API-Key
+    header."""
     limit = settings.max_images_per_product
     if not 1 <= len(images) <= limit:
         raise ApiError(422, "invalid_request", f"send 1..{limit} images; got {len(images)}")
     data = [await upload.read() for upload in images]
-    product, created = await run_in_threadpool(engine.ingest, id, category, title, data)
+    offer = {"price": price, "brand": (brand or "").strip() or None, "in_stock": in_stock}
+    product, created = await run_in_threadpool(engine.ingest, id, category, title, data, offer)
     response.status_code = 201 if created else 200
     return product_out(product)
 
@@ -259,6 +303,14 @@ async def categories(engine: EngineDep) -> CategoriesOut:
     counts = await run_in_threadpool(engine.categories)
     listed = [CategoryOut(name=name, count=count) for name, count in sorted(counts.items())]
     return CategoriesOut(categories=listed, total=sum(counts.values()))
+
+
+@router.get("/v1/brands", response_model=BrandsOut, responses=errors(503), tags=["products"])
+async def brands(engine: EngineDep) -> BrandsOut:
+    """The brands products have, with their product counts (what the `brand` filter takes)."""
+    counts = await run_in_threadpool(engine.brands)
+    listed = [BrandOut(name=name, count=count) for name, count in counts.items()]
+    return BrandsOut(brands=listed, total=sum(counts.values()))
 
 
 @router.get(

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from visnet.data.catalog import MAX_BRAND
 
 __all__ = [
     "CATEGORY_PATTERN",
     "DEFAULT_K",
     "DEFAULT_PAGE",
+    "MAX_BRANDS",
     "MAX_K",
     "MAX_PAGE",
+    "MAX_PRICE",
     "PRODUCT_ID_PATTERN",
+    "BrandOut",
+    "BrandsOut",
     "CategoriesOut",
     "CategoryOut",
     "DeletedOut",
     "ErrorOut",
+    "FiltersIn",
     "HealthOut",
     "ProductOut",
     "ProductsOut",
@@ -38,11 +45,41 @@ PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$"  # no leading dot:
 CATEGORY_PATTERN = r"^[A-Za-z0-9_.\- ]{1,64}$"
 DEFAULT_K, MAX_K = 20, 100  # results per list: when not asked, and at most
 DEFAULT_PAGE, MAX_PAGE = 24, 100  # products per catalog page: when not asked, and at most
+MAX_PRICE = 1e9  # the largest price a product or a filter may name
+MAX_BRANDS = 20  # brands one filter may name
+
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE)]
+Brand = Annotated[str, Field(min_length=1, max_length=MAX_BRAND)]
 
 
 class ErrorOut(BaseModel):
     error: str = Field(description="stable machine-readable code, e.g. unknown_product")
     message: str = Field(description="what went wrong and what to do, for people")
+
+
+class FiltersIn(BaseModel):
+    """What a shop filters search results and look-alikes on besides the category, applied
+    inside the index (k results still come back when k products pass). A product whose value
+    is unknown fails a filter on it."""
+
+    min_price: Price | None = Field(None, description="products priced at least this")
+    max_price: Price | None = Field(None, description="products priced at most this")
+    brand: list[Brand] = Field(
+        default_factory=list,
+        max_length=MAX_BRANDS,
+        description="products of any of these brands (ASCII letters compared without case); "
+        "repeat the parameter for several",
+    )
+    in_stock: bool | None = Field(
+        None, description="true: products in stock only; false: out of stock only"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FiltersIn:
+        low, high = self.min_price, self.max_price
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_price {low} is above max_price {high}")
+        return self
 
 
 class ResultOut(BaseModel):
@@ -51,6 +88,13 @@ class ResultOut(BaseModel):
     category: str
     score: float = Field(description="inner product of unit vectors (higher is more alike)")
     image_url: str | None = Field(description="the product's first image; null: it has none")
+    price: float | None = Field(description="null: not known")
+    brand: str | None = Field(description="null: not known")
+    in_stock: bool | None = Field(description="null: not known")
+    duplicates: list[str] = Field(
+        description="other product ids listing the same picture (a re-listing, another "
+        "seller), collapsed into this result"
+    )
 
 
 class QueryOut(BaseModel):
@@ -79,6 +123,10 @@ class SimilarOut(BaseModel):
         description="the stored list computed at build or refresh time, or a search made now"
     )
     results: list[ResultOut]
+    duplicates: list[str] = Field(
+        description="this product's other listings (the same picture under other ids, among "
+        "the products searched), left out of the results"
+    )
 
 
 class ProductOut(BaseModel):
@@ -87,6 +135,9 @@ class ProductOut(BaseModel):
     title: str
     images: list[str] = Field(description="image URLs, one per view")
     attributes: dict[str, Any]
+    price: float | None = Field(description="in the catalog's currency; null: not known")
+    brand: str | None = Field(description="null: not known")
+    in_stock: bool | None = Field(description="null: not known")
     created: str | None
     updated: str | None
 
@@ -114,6 +165,16 @@ class CategoryOut(BaseModel):
 class CategoriesOut(BaseModel):
     categories: list[CategoryOut]
     total: int
+
+
+class BrandOut(BaseModel):
+    name: str
+    count: int
+
+
+class BrandsOut(BaseModel):
+    brands: list[BrandOut] = Field(description="every brand a product has, sorted")
+    total: int = Field(description="products that have a brand")
 
 
 class SampleOut(BaseModel):

@@ -15,6 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from visnet.index.duplicates import DUPLICATE_THRESHOLD
 from visnet.service.schemas import DEFAULT_K
 
 __all__ = ["ENV_PREFIX", "ServiceSettings", "load_settings"]
@@ -84,12 +85,26 @@ class ServiceSettings(BaseSettings):
     precompute_k: int = Field(DEFAULT_K, ge=1)
     # recompute the lists this long after a write; 0: never
     refresh_after_s: float = Field(60.0, ge=0.0)
+    # Products whose listing similarity (best cosine over their pairs of views) reaches this are
+    # one picture listed under several ids: results and look-alikes show the best-ranked once
+    # and name the others. Measured for the default model by benchmarks/near_duplicates.py,
+    # between re-listings (collapsed) and colour variants (kept apart); another model needs its
+    # own. None (null in a JSON config file): collapse nothing. Stored lists made with another
+    # value are answered live until recomputed.
+    duplicate_threshold: float | None = Field(DUPLICATE_THRESHOLD, ge=0.0, le=1.0)
     similar_cache_size: int = Field(10_000, ge=0)  # /similar answers kept (cleared on writes)
     product_cache_size: int = Field(100_000, ge=0)  # products kept for result titles (ditto)
     # torch and BLAS threads per call; 0: their defaults (every core)
     compute_threads: int = Field(1, ge=0)
     model_workers: int = Field(1, ge=1)  # model calls (detect, embed) running at once
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    # More connection limits (visnet/service/protocol.py). A request body must arrive within
+    # body_timeout s of its headers' end (stalled or trickled: 408 and close; 10 MiB in 60 s is
+    # 1.4 Mbit/s). At most max_connections are open: one more closes the connection that has
+    # waited longest for a request head (stalled heads cannot lock clients out), or, when every
+    # other one has a request in progress, its request is answered 503 with Retry-After.
+    body_timeout: float = Field(60.0, gt=0.0, le=3600.0)  # s to send the request body
+    max_connections: int = Field(1000, ge=1, le=1_000_000)  # open HTTP connections
 
     @field_validator(
         "index", "review_queue", "review_root", "detector", "catalog_root", "samples_dir"

@@ -1,5 +1,6 @@
 // VisNet web page: search by photo (upload or a sample), shop the look, catalog browsing,
-// product view with "more like this", triplet review.
+// product view with "more like this", filters (price, brand, stock) on both, one card for a
+// picture listed under several ids ("N more listings"), triplet review.
 // Plain JavaScript, no build step. Every value from the server goes in as text, never as HTML.
 "use strict";
 
@@ -10,6 +11,7 @@ const REVIEWER_STORE = "visnet.reviewer";
 const PAGE_SIZE = 24; // products per catalog page
 const SIMILAR_K = 12;
 const TILE_IMAGES = 24; // category tiles that fetch a picture (one request each)
+const PRICE_PAUSE_MS = 700; // a price filter applies once typing pauses this long
 const state = {
   file: null, // the photo searched (an upload or a sample's bytes)
   sample: null, // the sample's name when the photo is one
@@ -112,6 +114,7 @@ const SAY = {
   not_ready: "The search is still starting up. Try again in a few seconds.",
   unknown_product: "This product is not in the catalog (any more).",
   sample_not_found: "This sample photo is not available any more.",
+  bad_filter: "Check the price filter: prices are numbers from 0 up, the lowest no higher than the highest.",
   network: "The server could not be reached. Check the connection and try again.",
 };
 const SAY_STATUS = {
@@ -153,19 +156,35 @@ function productHash(id) {
   return `#/product/${encodeURIComponent(id)}`;
 }
 
+function priceLine(result) {
+  const price = typeof result.price === "number" ? result.price.toFixed(2) : null;
+  const out = result.in_stock === false ? el("span", { class: "stock" }, price ? " · out of stock" : "out of stock") : null;
+  return price || out ? el("div", { class: "price" }, price, out) : null;
+}
+
+// "N more listings": the other product ids that list the same picture, each a link.
+function listings(ids, what = "more listing") {
+  const links = ids.map((id) => el("li", {}, el("a", { href: productHash(id), "data-listing": id }, id)));
+  const summary = el("summary", {}, `${ids.length} ${what}${ids.length > 1 ? "s" : ""}`);
+  return el("details", { class: "listings" }, summary, el("ul", {}, ...links));
+}
+
 function productCard(result) {
   const id = result.product_id;
   const image = result.image_url
     ? el("img", { src: result.image_url, alt: result.title || `product ${id}`, loading: "lazy" })
     : el("div", { class: "noimage" });
   const sub = typeof result.score === "number" ? `${result.category} · ${score(result.score)}` : result.category;
-  return el(
+  const card = el(
     "a",
     { class: "card", href: productHash(id), "data-product-id": id },
     image,
     el("div", { class: "title", title: result.title || id }, result.title || id),
     el("div", { class: "sub" }, sub),
+    priceLine(result),
   );
+  const others = result.duplicates || [];
+  return others.length ? el("div", { class: "result" }, card, listings(others)) : card;
 }
 
 function listing(product) {
@@ -213,6 +232,8 @@ const HEADINGS = { search: "search-heading", browse: "browse-heading" };
 
 function showView(name) {
   for (const view of VIEWS) $(`view-${view}`).hidden = view !== name;
+  const slot = { search: "search-filters", product: "similar-filters" }[name];
+  if (slot && $("filters").parentElement.id !== slot) $(slot).append($("filters")); // one set
   const nav = name === "product" ? null : name;
   document.querySelectorAll("[data-nav]").forEach((link) => {
     const here = link.dataset.nav === nav;
@@ -292,6 +313,50 @@ async function loadCategories() {
   const all = el("a", { href: "#/browse", class: "tile all" }, el("span", { class: "tile-name" }, "Everything"),
     el("span", { class: "tile-count" }, `${data.total} products`));
   $("tiles").replaceChildren(el("li", {}, all), ...tiles);
+}
+
+async function loadBrands() {
+  const data = await api("/v1/brands");
+  const options = data.brands.map(({ name, count }) => el("option", { value: name }, `${name} (${count})`));
+  $("brand").append(...options);
+  $("brand-label").hidden = options.length === 0;
+}
+
+// The filters as request fields: [name, value] pairs (none when nothing is filtered).
+function filterFields() {
+  const low = $("min-price");
+  const high = $("max-price");
+  if (!low.validity.valid || !high.validity.valid || parseFloat(low.value) > parseFloat(high.value)) {
+    const error = new Error(`price from ${low.value || "any"} to ${high.value || "any"}`);
+    error.code = "bad_filter";
+    throw error;
+  }
+  const fields = [];
+  if (low.value !== "") fields.push(["min_price", low.value]);
+  if (high.value !== "") fields.push(["max_price", high.value]);
+  if ($("brand").value) fields.push(["brand", $("brand").value]);
+  if ($("in-stock").checked) fields.push(["in_stock", "true"]);
+  return fields;
+}
+
+function setupFilters() {
+  const changed = () => {
+    if (!$("view-product").hidden && state.productId) loadSimilar(state.productId).catch(showError);
+    else if (state.file) search().catch(showError);
+  };
+  // prices apply once typing pauses (or on Enter), not on "change": that fires when the field
+  // loses focus, and a new search then would swallow the click on a result that blurred it
+  let timer;
+  const typed = (event) => {
+    clearTimeout(timer);
+    if (event.type === "keydown" && event.key !== "Enter") return;
+    timer = setTimeout(changed, event.type === "keydown" ? 0 : PRICE_PAUSE_MS);
+  };
+  for (const id of ["min-price", "max-price"]) {
+    $(id).addEventListener("input", typed);
+    $(id).addEventListener("keydown", typed);
+  }
+  for (const id of ["brand", "in-stock"]) $(id).addEventListener("change", changed);
 }
 
 async function loadSamples() {
@@ -395,6 +460,16 @@ async function search() {
   form.append("image", state.file, state.file.name || "photo.png");
   if ($("category").value) form.append("category", $("category").value);
   form.append("k", $("k").value);
+  let filters;
+  try {
+    filters = filterFields();
+  } catch (error) {
+    $("upload-progress").hidden = true;
+    $("results").removeAttribute("aria-busy");
+    $("query-meta").textContent = "Change the filters to search.";
+    throw error;
+  }
+  for (const [name, value] of filters) form.append(name, value);
   try {
     const data = await upload("/v1/search", form, (fraction) => {
       if (token !== state.searchToken) return;
@@ -598,20 +673,25 @@ async function showProduct(id) {
   $("similar").replaceChildren();
   $("similar-meta").textContent = "";
   const path = `/v1/products/${encodeURIComponent(id)}`;
-  const [product] = await Promise.all([api(path), loadSimilar(id)]);
+  // a bad filter says so, and the product still shows
+  const [product] = await Promise.all([api(path), loadSimilar(id).catch(showError)]);
   if (state.productId !== id) return;
   const name = product.title || product.id;
   const gallery = el("div", { class: "gallery" },
     ...product.images.map((url, view) => el("img", { src: url, alt: `${name}, view ${view + 1} of ${product.images.length}` })));
   const facts = el("dl", {});
   const category = el("a", { href: browseHash(product.category) }, product.category);
-  const rows = [["category", category], ["id", product.id], ...Object.entries(product.attributes || {})];
+  const rows = [["category", category], ["id", product.id]];
+  if (product.brand) rows.push(["brand", product.brand]);
+  if (product.in_stock !== null && product.in_stock !== undefined) rows.push(["in stock", product.in_stock ? "yes" : "no"]);
+  rows.push(...Object.entries(product.attributes || {}));
   for (const [label, value] of rows) {
     const shown = value instanceof Node || typeof value !== "object" ? value : JSON.stringify(value);
     facts.append(el("dt", {}, label), el("dd", {}, shown));
   }
   const heading = el("h1", { tabindex: "-1", id: "product-heading" }, name);
-  $("product").replaceChildren(gallery, el("div", {}, heading, facts));
+  const offer = priceLine(product);
+  $("product").replaceChildren(gallery, el("div", {}, heading, offer, facts));
   $("product").dataset.productId = product.id;
   document.title = `${name} · VisNet`;
   focusView("product-heading");
@@ -620,18 +700,25 @@ async function showProduct(id) {
 // "More like this": same category only, or any; says whether the list was stored or searched.
 async function loadSimilar(id) {
   const same = $("same-category").checked;
+  const filters = filterFields();
+  const params = new URLSearchParams([["k", String(SIMILAR_K)], ["same_category", String(same)], ...filters]);
+  const asked = params.toString();
+  state.similarAsked = asked;
   $("similar").setAttribute("aria-busy", "true");
-  const path = `/v1/products/${encodeURIComponent(id)}/similar?k=${SIMILAR_K}&same_category=${same}`;
-  const data = await api(path);
-  if (state.productId !== id || $("same-category").checked !== same) return;
+  const data = await api(`/v1/products/${encodeURIComponent(id)}/similar?${asked}`);
+  if (state.productId !== id || state.similarAsked !== asked) return;
   $("similar").replaceChildren(...cards(data.results, "Nothing similar yet."));
   $("similar").removeAttribute("aria-busy");
   $("similar").dataset.source = data.source;
+  const own = data.duplicates || [];
+  $("listings").replaceChildren(...(own.length ? [listings(own, "more listing")] : []));
+  $("listings").hidden = own.length === 0;
   const scope = same ? "in the same category" : "in every category";
+  const filtered = filters.length ? " that pass the filters" : "";
   const how = data.source === "precomputed"
     ? "precomputed when the catalog was indexed"
     : "computed live, just now";
-  $("similar-meta").textContent = `${data.results.length} products ${scope}, ${how}.`;
+  $("similar-meta").textContent = `${data.results.length} products ${scope}${filtered}, ${how}.`;
 }
 
 function setupProduct() {
@@ -740,10 +827,12 @@ function setupReview() {
 // ---- start --------------------------------------------------------------------------------
 
 setupSearch();
+setupFilters();
 setupBrowse();
 setupProduct();
 setupReview();
 window.addEventListener("hashchange", route);
 route();
 loadCategories().catch(showError);
+loadBrands().catch(() => {}); // no brand list: the brand filter stays hidden
 loadSamples().catch(() => {}); // no samples: no strip, nothing to tell the shopper
