@@ -63,8 +63,13 @@ def pick_photo(data_dir: Path, photo: str | None) -> Path:
 
 
 def images_loaded(page: Any, scope: str) -> None:
+    """Wait until every image of `scope` in the first screenful has loaded (lazy ones outside it,
+    below or in a strip scrolled sideways, never load in a screenshot)."""
     page.wait_for_function(
-        f"() => [...document.querySelectorAll('{scope} img')].every(i => i.complete)"
+        f"() => [...document.querySelectorAll('{scope} img')]"
+        ".filter(i => { const r = i.getBoundingClientRect();"
+        " return r.width && r.top < innerHeight && r.left < innerWidth; })"
+        ".every(i => i.complete)"
     )
 
 
@@ -78,6 +83,7 @@ def search(page: Any, url: str, photo: Path) -> None:
     landing(page, url, photo)
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#results .card")
+    page.evaluate("document.querySelector('#query').scrollIntoView()")  # the photo and results
     images_loaded(page, "#results")
 
 

@@ -203,6 +203,10 @@ def test_filters_select_what_a_naive_check_does(products: ProductStore) -> None:
         assert products.filtered_vector_ids(where, None, limit=len(ids) - 1) is None
     assert not ProductFilter() and ProductFilter(in_stock=False)
     assert products.brands() == {"Acme": 80, "Bolt": 40, "Émile": 40}
+    facets, prices = products.facets(), [p.price for p in every if p.price is not None]
+    assert facets.brands == products.brands() and facets.priced == len(prices)
+    assert (facets.price_min, facets.price_max) == (min(prices), max(prices))
+    assert facets.stocked == sum(p.in_stock is not None for p in every)
     with pytest.raises(ValueError, match="above max_price"):
         ProductFilter(min_price=3, max_price=2)
     with pytest.raises(ValueError, match="price"):

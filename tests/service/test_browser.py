@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +28,6 @@ from visnet.service import create_app
 
 KEY = "browser-key-0123456789"
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
-DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "search-page.png"
 WAIT_MS = 20_000
 
 if not CHROMIUM.exists():
@@ -154,9 +152,6 @@ def test_upload_shows_results_with_the_product_first(browser: Any, site: Site) -
     assert page.locator("#query-img").evaluate("img => img.naturalWidth") > 0
     assert "results in" in page.inner_text("#query-meta")
     _shot(page, "01-search.png")
-    if os.environ.get("VISNET_WRITE_DOCS_SCREENSHOT") == "1":
-        DOCS_SHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS_SHOT), full_page=False)
     page.context.close()
 
 

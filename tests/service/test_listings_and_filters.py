@@ -215,11 +215,14 @@ def test_products_carry_their_fields_and_brands_are_listed(live: Live) -> None:
     body = product.json()
     assert (body["price"], body["brand"], body["in_stock"]) == (9.0, "Rare", True)
     assert body["attributes"] == {"colour": "original"}
-    brands = live.client.get("/v1/brands").json()
-    assert {b["name"]: b["count"] for b in brands["brands"]} == {
+    facets = live.client.get("/v1/facets").json()
+    assert {b["name"]: b["count"] for b in facets["brands"]} == {
         name: sum(row["brand"] == name for row in live.rows.values()) for name in "ABC"
     } | {"Rare": 3}
-    assert brands["total"] == len(live.rows)
+    assert facets["branded"] == len(live.rows)
+    prices = [float(row["price"]) for row in live.rows.values()]
+    assert facets["priced"] == facets["stocked"] == len(live.rows)
+    assert (facets["price_min"], facets["price_max"]) == (min(prices), max(prices))
 
 
 def test_an_upload_sets_price_brand_and_stock(live: Live) -> None:

@@ -19,7 +19,7 @@ from visnet.index.duplicates import DUPLICATE_THRESHOLD, collapse
 from visnet.index.embedded import EmbeddedStore, StoreSettings
 from visnet.index.partitions import HnswParams, exact_topk
 from visnet.index.pca import PCA, l2_normalise
-from visnet.index.products import Product, ProductFilter, ProductStore, Recommended
+from visnet.index.products import Facets, Product, ProductFilter, ProductStore, Recommended
 from visnet.index.protocol import IndexMismatchError, VectorStore
 from visnet.io import write_json_atomic
 
@@ -344,9 +344,9 @@ class CatalogIndex:
         """Category -> number of products, for every category that holds one (sorted)."""
         return {c: self.products.count(c) for c in self.products.categories()}
 
-    def brands(self) -> dict[str, int]:
-        """Brand -> number of products, for every brand a product has (sorted)."""
-        return self.products.brands()
+    def facets(self) -> Facets:
+        """What the products can be filtered on: brands, priced and stocked counts."""
+        return self.products.facets()
 
     def search(
         self,

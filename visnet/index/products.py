@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Product", "ProductFilter", "ProductStore", "UnknownProductError"]
+__all__ = ["Facets", "Product", "ProductFilter", "ProductStore", "UnknownProductError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -94,6 +94,18 @@ class Product:
             )
         if self.brand is not None and (not isinstance(self.brand, str) or not self.brand.strip()):
             raise ValueError(f"product {self.id!r}: brand must be a non-empty string or None")
+
+
+@dataclass(frozen=True)
+class Facets:
+    """What products can be filtered on: brand -> product count, the number with a price and
+    its range (None when none has one), the number whose stock is known."""
+
+    brands: dict[str, int]
+    priced: int
+    price_min: float | None
+    price_max: float | None
+    stocked: int
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,14 @@ class ProductStore:
             "GROUP BY brand ORDER BY brand"
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def facets(self) -> Facets:
+        """What the catalog's products can be filtered on: their brands, and how many have a
+        price (with its range) and a known stock flag."""
+        priced, low, high, stocked = self._query(
+            "SELECT COUNT(price), MIN(price), MAX(price), COUNT(in_stock) FROM products"
+        )[0]
+        return Facets(self.brands(), int(priced), low, high, int(stocked))
 
     # ---- filters ---------------------------------------------------------------------------
 

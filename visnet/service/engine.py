@@ -24,7 +24,7 @@ from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.images import DecodedImage, ImageLimits, decode_image
 from visnet.index.catalog_index import CatalogIndex, Hit
-from visnet.index.products import Product, ProductFilter
+from visnet.index.products import Facets, Product, ProductFilter
 from visnet.index.refs import product_image
 from visnet.service import files
 from visnet.service.answers import (
@@ -182,7 +182,7 @@ class Engine:
         self._model_slots = threading.BoundedSemaphore(settings.model_workers)
         self._write_lock = threading.Lock()
         self._categories: dict[str, int] | None = None
-        self._brands: dict[str, int] | None = None
+        self._facets: Facets | None = None
 
     @classmethod
     def load(cls, settings: ServiceSettings, metrics: Metrics) -> Engine:
@@ -393,14 +393,14 @@ class Engine:
                 self._categories = found
         return found
 
-    def brands(self) -> dict[str, int]:
-        """Brand -> product count (cached until the next write)."""
-        found = self._brands
+    def facets(self) -> Facets:
+        """What the products can be filtered on (cached until the next write)."""
+        found = self._facets
         if found is None:
             generation = self.recommendations.generation
-            found = self.index.brands()
+            found = self.index.facets()
             if generation == self.recommendations.generation:
-                self._brands = found
+                self._facets = found
         return found
 
     def browse(self, category: str | None, cursor: str | None, limit: int) -> ProductPage:
@@ -427,7 +427,7 @@ class Engine:
     def _invalidate(self) -> None:
         self.similar_cache.clear()
         self.products.clear()
-        self._categories = self._brands = None
+        self._categories = self._facets = None
 
     def ingest(
         self,

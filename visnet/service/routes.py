@@ -31,10 +31,10 @@ from visnet.service.schemas import (
     MAX_PRICE,
     PRODUCT_ID_PATTERN,
     BrandOut,
-    BrandsOut,
     CategoriesOut,
     CategoryOut,
     DeletedOut,
+    FacetsOut,
     FiltersIn,
     HealthOut,
     ProductOut,
@@ -305,12 +305,21 @@ async def categories(engine: EngineDep) -> CategoriesOut:
     return CategoriesOut(categories=listed, total=sum(counts.values()))
 
 
-@router.get("/v1/brands", response_model=BrandsOut, responses=errors(503), tags=["products"])
-async def brands(engine: EngineDep) -> BrandsOut:
-    """The brands products have, with their product counts (what the `brand` filter takes)."""
-    counts = await run_in_threadpool(engine.brands)
-    listed = [BrandOut(name=name, count=count) for name, count in counts.items()]
-    return BrandsOut(brands=listed, total=sum(counts.values()))
+@router.get("/v1/facets", response_model=FacetsOut, responses=errors(503), tags=["products"])
+async def facets(engine: EngineDep) -> FacetsOut:
+    """What the products can be filtered on: the brands they have with their product counts
+    (what the `brand` filter takes), how many have a price and its range, how many a known
+    stock flag (a filter on a field no product has matches nothing: the page hides it)."""
+    found = await run_in_threadpool(engine.facets)
+    listed = [BrandOut(name=name, count=count) for name, count in found.brands.items()]
+    return FacetsOut(
+        brands=listed,
+        branded=sum(found.brands.values()),
+        priced=found.priced,
+        price_min=found.price_min,
+        price_max=found.price_max,
+        stocked=found.stocked,
+    )
 
 
 @router.get(

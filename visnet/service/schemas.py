@@ -18,10 +18,10 @@ __all__ = [
     "MAX_PRICE",
     "PRODUCT_ID_PATTERN",
     "BrandOut",
-    "BrandsOut",
     "CategoriesOut",
     "CategoryOut",
     "DeletedOut",
+    "FacetsOut",
     "ErrorOut",
     "FiltersIn",
     "HealthOut",
@@ -172,9 +172,13 @@ class BrandOut(BaseModel):
     count: int
 
 
-class BrandsOut(BaseModel):
+class FacetsOut(BaseModel):
     brands: list[BrandOut] = Field(description="every brand a product has, sorted")
-    total: int = Field(description="products that have a brand")
+    branded: int = Field(description="products that have a brand")
+    priced: int = Field(description="products that have a price")
+    price_min: float | None = Field(description="the lowest price; null: no product has one")
+    price_max: float | None = Field(description="the highest price; null: no product has one")
+    stocked: int = Field(description="products whose stock (in or out) is known")
 
 
 class SampleOut(BaseModel):

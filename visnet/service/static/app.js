@@ -315,11 +315,16 @@ async function loadCategories() {
   $("tiles").replaceChildren(el("li", {}, all), ...tiles);
 }
 
-async function loadBrands() {
-  const data = await api("/v1/brands");
+// Offer only the filters the catalog can satisfy: a filter on a field no product has would
+// match nothing (the demo catalog has no prices, brands or stock).
+async function loadFacets() {
+  const data = await api("/v1/facets");
   const options = data.brands.map(({ name, count }) => el("option", { value: name }, `${name} (${count})`));
   $("brand").append(...options);
   $("brand-label").hidden = options.length === 0;
+  for (const label of document.querySelectorAll(".price-filter")) label.hidden = data.priced === 0;
+  $("stock-label").hidden = data.stocked === 0;
+  $("filters").hidden = !options.length && !data.priced && !data.stocked;
 }
 
 // The filters as request fields: [name, value] pairs (none when nothing is filtered).
@@ -834,5 +839,5 @@ setupReview();
 window.addEventListener("hashchange", route);
 route();
 loadCategories().catch(showError);
-loadBrands().catch(() => {}); // no brand list: the brand filter stays hidden
+loadFacets().catch(() => {}); // unknown: the filters stay hidden
 loadSamples().catch(() => {}); // no samples: no strip, nothing to tell the shopper
