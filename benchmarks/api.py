@@ -29,25 +29,19 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from _load import by_endpoint, closed_loop, get_request, search_request
+from _server import catalog_root, copy_index, free_port, metrics_text, start_server, stop_server
 from PIL import Image
 from tqdm import tqdm
 
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.products import Product
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
-from service_helpers import free_port  # noqa: E402
-
-HOST = "127.0.0.1"  # never anything else: this tool only loads a server it started itself
 
 
 def parse_args() -> argparse.Namespace:
@@ -96,13 +90,9 @@ def prepare_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path | No
         make_synthetic_set(root, seed=0)
         build_index(root, create_embedder(args.model), index, dim=0)
         return index, root / "photos"
-    index = work / "index"
-    shutil.copytree(args.index, index, ignore=shutil.ignore_patterns("*.lock"))
-    build = (
-        json.loads((index / "build.json").read_text()) if (index / "build.json").is_file() else {}
-    )
-    root = Path(build["catalog_root"]) / "photos" if build.get("catalog_root") else None
-    return index, root if root and root.is_dir() else None
+    index = copy_index(args.index, work / "index")
+    root = catalog_root(index)
+    return index, root / "photos" if root is not None else None
 
 
 def add_synthetic(
@@ -142,117 +132,7 @@ def product_ids(index_dir: Path) -> list[str]:
         return [row[0] for row in db.execute("SELECT id FROM products")]
 
 
-# ---- the server ------------------------------------------------------------------------------
-
-
-def start_server(
-    index: Path, model: str, port: int, cache_size: int, log: Path, detector: str | None = None
-) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "VISNET_SIMILAR_CACHE_SIZE": str(cache_size),
-        "VISNET_REFRESH_AFTER_S": "0",
-    }
-    command = [str(Path(sys.executable).parent / "visnet"), "serve", "--index", str(index)]
-    command += ["--model", model, "--host", HOST, "--port", str(port)]
-    if detector:
-        command += ["--detector", detector]
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("server did not become ready in 300 s")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-
-
-# ---- the load generator ----------------------------------------------------------------------
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = next(
-        int(v)
-        for k, _, v in (line.partition(":") for line in lines[1:])
-        if k.lower() == "content-length"
-    )
-    return status, await reader.readexactly(length)
-
-
-async def worker(
-    port: int, requests: list[bytes], budget: list[int], deadline: float, out: dict
-) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        while budget[0] > 0 and time.perf_counter() < deadline:
-            budget[0] -= 1
-            request = random.choice(requests)
-            start = time.perf_counter()
-            writer.write(request)
-            status, _ = await read_response(reader)
-            out["latencies"].append(time.perf_counter() - start)
-            out["errors"] += status != 200
-    finally:
-        writer.close()
-
-
-async def load(
-    port: int, requests: list[bytes], total: int, concurrency: int, seconds: float
-) -> dict:
-    out: dict = {"latencies": [], "errors": 0}
-    budget, start = [total], time.perf_counter()
-    deadline = start + seconds
-    await asyncio.gather(
-        *(worker(port, requests, budget, deadline, out) for _ in range(concurrency))
-    )
-    elapsed = time.perf_counter() - start
-    ms = np.asarray(out["latencies"]) * 1000
-    return {
-        "requests": len(ms),
-        "errors": out["errors"],
-        "rps": round(len(ms) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p90_ms": round(float(np.percentile(ms, 90)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }
-
-
-def get_request(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
-
-
-def search_request(photo: bytes) -> bytes:
-    boundary = "visnetbench"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + photo
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    head = (
-        f"POST /v1/search HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
-    )
-    return head.encode() + body
+# ---- the load ----------------------------------------------------------------------------------
 
 
 def photos(folder: Path | None, count: int = 32) -> list[bytes]:
@@ -269,11 +149,24 @@ def photos(folder: Path | None, count: int = 32) -> list[bytes]:
     return out
 
 
+def load(port: int, requests: list[bytes], total: int, concurrency: int, seconds: float) -> dict:
+    """One closed-loop run of ``requests`` in random order: throughput and latencies."""
+    answers, took = asyncio.run(
+        closed_loop(port, lambda: ("", random.choice(requests)), total, concurrency, seconds)
+    )
+    found = by_endpoint(answers)[""]
+    requests_done = int(found.pop("requests"))
+    return {
+        "requests": requests_done,
+        "errors": found.pop("errors"),
+        "rps": round(requests_done / took, 1),
+        **found,
+    }
+
+
 def run_phase(name: str, port: int, requests: list[bytes], total: int, conc: int, args) -> dict:
-    asyncio.run(load(port, requests, max(conc * 4, total // 10), conc, 5.0))  # warm-up
-    runs = [
-        asyncio.run(load(port, requests, total, conc, args.max_seconds)) for _ in range(args.runs)
-    ]
+    load(port, requests, max(conc * 4, total // 10), conc, 5.0)  # warm-up
+    runs = [load(port, requests, total, conc, args.max_seconds) for _ in range(args.runs)]
     best = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
     for run in runs:
         print(f"  {name:8s} {json.dumps(run)}")
@@ -293,10 +186,10 @@ def measure(args: argparse.Namespace, port: int, ids: list[str], photo_dir: Path
         results["search"] = run_phase(
             "search", port, searches, args.search_requests, args.search_concurrency, args
         )
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics") as response:
-        text = response.read().decode()
     results["similar_sources"] = [
-        line for line in text.splitlines() if line.startswith("visnet_similar_responses_total")
+        line
+        for line in metrics_text(port).splitlines()
+        if line.startswith("visnet_similar_responses_total")
     ]
     results["load_average_after"] = os.getloadavg()
     return results
@@ -335,7 +228,12 @@ def main() -> None:
         return
     port = free_port()
     server = start_server(
-        index, args.model, port, args.cache_size, work / "server.log", args.detector
+        index,
+        args.model,
+        port,
+        work / "server.log",
+        args.detector,
+        settings={"similar_cache_size": str(args.cache_size), "refresh_after_s": "0"},
     )
     try:
         results = {"products": len(ids), "prepare": prep, "cache_size": args.cache_size}

@@ -147,12 +147,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     return app
 
 
-def server_options(settings: ServiceSettings) -> dict[str, Any]:
+def server_options(settings: ServiceSettings, metrics: Metrics | None = None) -> dict[str, Any]:
     """uvicorn's arguments for these settings: one process (the index lock allows no other),
     uvloop when installed, and our httptools protocol with the connection limits
-    (`visnet.service.protocol`). ``serve`` runs with them, and so do the limits' tests."""
+    (`visnet.service.protocol`), counting what they refuse in ``metrics`` (the app's:
+    ``app.state.metrics``). ``serve`` runs with them, and so do the limits' tests."""
     from visnet.service.protocol import limited_protocol
 
+    protocol = limited_protocol(
+        settings.header_timeout,
+        settings.max_header_bytes,
+        settings.body_timeout,
+        settings.max_connections,
+        metrics,
+    )
     return {
         "host": settings.host,
         "port": settings.port,
@@ -161,15 +169,18 @@ def server_options(settings: ServiceSettings) -> dict[str, Any]:
         "access_log": False,
         "proxy_headers": False,
         "server_header": False,
-        "http": limited_protocol(settings.header_timeout, settings.max_header_bytes)
-        if settings.http_protocol == "limited"
-        else "httptools",
+        "http": protocol if settings.http_protocol == "limited" else "httptools",
         "timeout_keep_alive": settings.keep_alive_timeout,
     }
 
 
 def serve(settings: ServiceSettings) -> None:
-    """Run the service with uvicorn (``server_options``)."""
+    """Run the service with uvicorn (``server_options``), with room for its connections among
+    the process's open files."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), **server_options(settings))
+    from visnet.service.protocol import raise_file_limit
+
+    raise_file_limit(settings.max_connections)
+    app = create_app(settings)
+    uvicorn.run(app, **server_options(settings, app.state.metrics))

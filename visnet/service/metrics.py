@@ -18,7 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visnet.service.guards import documented_operations
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["ANSWERED", "CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+# the scope key where the HTTP layer (`visnet.service.protocol`) notes the status it answered a
+# request with itself (a body timeout's 408): the app's own answer never reached the client
+ANSWERED = "visnet.answered"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -72,6 +76,18 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "visnet_http_refusals",
+            "Answers and closes of the connection limits (visnet/service/protocol.py), by "
+            "reason (header_timeout, body_timeout, headers_too_large, max_connections, "
+            "bad_request) and status (the one sent, or 'closed' when the connection was closed "
+            "without an answer). A body timeout's 408 is also in visnet_http_requests.",
+            ["reason", "status"],
+            registry=self.registry,
+        )
+        self.connections = Gauge(
+            "visnet_http_connections", "Open HTTP connections.", registry=self.registry
+        )
 
     def bind(self, products: Callable[[], float], fresh: Callable[[], float]) -> None:
         """Read the index gauges from callbacks at scrape time (never stale, no bookkeeping)."""
@@ -123,5 +139,6 @@ class MetricsMiddleware:
                 found = documented_operations(scope["app"])
                 self._documented = list({path: regex for _, path, regex, _ in found}.items())
             route, method = route_label(scope, self._documented), scope["method"]
-            self.metrics.requests.labels(route, method, str(status[0])).inc()
+            answered = scope.get(ANSWERED, status[0])  # what the client got
+            self.metrics.requests.labels(route, method, str(answered)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
