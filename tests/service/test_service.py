@@ -200,8 +200,15 @@ def test_detected_objects_give_one_result_list_each(live: Live) -> None:
     )
     engine = live.app.state.engine  # type: ignore[attr-defined]
     image = (live.root / "photos" / "1.jpg").read_bytes()
+    settings = engine.settings
     try:
         engine.detector = FakeDetector(two)
+        # the nearest catalog product names each box's category, whatever the detector says
+        queries = _search(live, image, k="3").json()["queries"]
+        assert [q["category"] for q in queries] == ["circle", "circle"]
+        assert [q["label"] for q in queries] == ["circle", "unknown-kind"]
+        # without it (or when nothing is similar enough), the detector's label, if trusted
+        engine.settings = settings.model_copy(update={"neighbour_category_score": None})
         queries = _search(live, image, k="3").json()["queries"]
         assert [q["box"] for q in queries] == [[0, 0, 32, 32], [30, 30, 64, 64]]
         assert [q["category"] for q in queries] == ["circle", None]  # known labels filter
@@ -219,8 +226,9 @@ def test_detected_objects_give_one_result_list_each(live: Live) -> None:
         engine.detector = FakeDetector(Detections.empty())
         queries = _search(live, image, k="3").json()["queries"]
         assert len(queries) == 1 and queries[0]["box"] is None  # the whole-photo fallback
+        assert queries[0]["category"] is None
     finally:
-        engine.detector = None
+        engine.detector, engine.settings = None, settings
 
 
 # ---- bad input -------------------------------------------------------------------------------

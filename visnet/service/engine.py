@@ -284,23 +284,35 @@ class Engine:
         t = self._timed("detect", t) if self.detector is not None else t
         vectors = self.embed([obj.image for obj in found])
         t = self._timed("embed", t)
-        known = self.categories()
         objects = []
         for obj, vector in zip(found, vectors, strict=True):
-            # a doubtful detection (kept because it was the best) gives a box, not a category;
-            # so does a sure one whose category the detector is unsure of
-            confident = (
-                obj.label in known
-                and (obj.score or 0.0) >= self.settings.detect_threshold
-                and (obj.label_score or 0.0) >= self.category_threshold
-            )
-            wanted = category or (obj.label if confident else None)
+            wanted = category or self.object_category(obj, vector)
             matches = self.matches(self.index.search(vector, k, wanted, filters))
             objects.append(
                 ObjectResults(obj.box, obj.label, obj.score, obj.label_score, wanted, matches)
             )
         self._timed("search", t)
         return SearchResults(objects, time.perf_counter() - start)
+
+    def object_category(self, obj: SearchObject, vector: np.ndarray) -> str | None:
+        """The category to search a detected object in when the request names none: its nearest
+        catalog product's, when that is at least ``neighbour_category_score`` similar; else the
+        detector's label, when the detector is sure of the object and of its label; else None
+        (every category), as for a whole photo. A doubtful detection (kept because it was the
+        best) gives a box, not a category."""
+        if obj.box is None:
+            return None
+        floor = self.settings.neighbour_category_score
+        if floor is not None:
+            nearest = self.index.search(vector, 1)
+            if nearest and nearest[0].score >= floor:
+                return self.product(nearest[0].product_id).category
+        confident = (
+            obj.label in self.categories()
+            and (obj.score or 0.0) >= self.settings.detect_threshold
+            and (obj.label_score or 0.0) >= self.category_threshold
+        )
+        return obj.label if confident else None
 
     def product(self, product_id: str) -> Product:
         """The product (cached until the next write); ``UnknownProductError`` if there is none."""

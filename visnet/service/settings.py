@@ -54,6 +54,12 @@ class ServiceSettings(BaseSettings):
     # it among look-alikes of every category. None: the detector's own calibrated threshold
     # (`visnet detect calibrate`), or UNCALIBRATED_CATEGORY_THRESHOLD for one never calibrated.
     category_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # An object's category, when the request names none, is first that of its nearest catalog
+    # product over every category, if at least this similar: right for 95.8% of the street
+    # photos of held-out training products where the detector's own label is right for 46.7%
+    # (benchmarks/neighbour_category.py, 2026-12-02, default model and detector; every first
+    # neighbour was at least 0.53 similar there). Below it, or None, the detector's label as above.
+    neighbour_category_score: float | None = Field(0.5, ge=-1.0, le=1.0)
     max_objects: int = Field(5, ge=1)
     catalog_root: Path | None = None  # default: build.json's catalog_root
     # the web page's sample photos (`visnet samples`); default: INDEX/samples when it exists
