@@ -38,6 +38,7 @@ from visnet.service.answers import (
 from visnet.service.freshness import Recommendations
 from visnet.service.metrics import Metrics
 from visnet.service.settings import UNCALIBRATED_CATEGORY_THRESHOLD, ServiceSettings
+from visnet.service.slots import SEARCH, WRITE, ModelSlots
 
 __all__ = ["Engine", "LruCache", "load_embedder"]
 
@@ -147,8 +148,9 @@ class Engine:
     """Loaded model, index and optional detector, and every operation the routes call.
 
     Thread-safe: routes call it from the thread pool. At most ``model_workers`` model calls run at
-    once, each on ``compute_threads`` threads (see ``_limit_threads``); index reads run
-    concurrently.
+    once, each on ``compute_threads`` threads (see ``_limit_threads``); waiting searches go before
+    waiting writes, and past ``model_queue`` waiting calls a new one is refused (`slots.py`);
+    index reads run concurrently.
     """
 
     def __init__(
@@ -179,7 +181,9 @@ class Engine:
         )
         self.similar_cache = LruCache(settings.similar_cache_size)
         self.products = LruCache(settings.product_cache_size)
-        self._model_slots = threading.BoundedSemaphore(settings.model_workers)
+        # searches before writes, each search's detection and embedding in one turn, at most
+        # model_queue calls waiting (benchmarks/soak.py --compare measured why)
+        self._model_slots = ModelSlots(settings.model_workers, settings.model_queue)
         self._write_lock = threading.Lock()
         self._categories: dict[str, int] | None = None
         self._facets: Facets | None = None
@@ -255,8 +259,7 @@ class Engine:
             return [SearchObject(image)]
         from visnet.detect import shop_the_look
 
-        with self._model_slots:
-            detections = self.detector.detect([image])[0]
+        detections = self.detector.detect([image])[0]  # the caller holds a model slot
         found = shop_the_look(
             image, detections, self.settings.detect_threshold, self.settings.max_objects
         )
@@ -269,7 +272,8 @@ class Engine:
         ]
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        with self._model_slots:
+        """A write's embeddings: its turn comes after every waiting search's."""
+        with self._model_slots.hold(WRITE):
             return self.embedder.embed(images)
 
     def search(
@@ -280,10 +284,12 @@ class Engine:
         start = t = time.perf_counter()
         decoded = self.decode(data)
         t = self._timed("decode", t)
-        found = self.objects(decoded)
-        t = self._timed("detect", t) if self.detector is not None else t
-        vectors = self.embed([obj.image for obj in found])
-        t = self._timed("embed", t)
+        with self._model_slots.hold(SEARCH):  # ModelBusyError when too many wait
+            t = self._timed("model_wait", t)
+            found = self.objects(decoded)
+            t = self._timed("detect", t) if self.detector is not None else t
+            vectors = self.embedder.embed([obj.image for obj in found])
+            t = self._timed("embed", t)
         objects = []
         for obj, vector in zip(found, vectors, strict=True):
             wanted = category or self.object_category(obj, vector)

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from visnet.images import ImageError
 from visnet.index.products import UnknownProductError
 from visnet.service.schemas import ErrorOut
+from visnet.service.slots import ModelBusyError
 
 __all__ = [
     "ApiError",
@@ -49,7 +50,8 @@ WHEN = {  # what each documented error status means, for /openapi.json
     413: "the body or the image is too large (`upload_too_large`, `image_too_large`)",
     415: "an image format that is not accepted (`unsupported_image`)",
     422: "a parameter is missing or out of its bounds (`invalid_request`)",
-    503: "the model and the index are not loaded yet (`not_ready`)",
+    503: "the model and the index are not loaded yet (`not_ready`), or the model is busy "
+    "(`busy`, with a Retry-After header)",
 }
 
 
@@ -113,6 +115,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownProductError)
     async def _unknown(_: Request, exc: UnknownProductError) -> Response:
         return error_response(404, "unknown_product", str(exc))
+
+    @app.exception_handler(ModelBusyError)
+    async def _busy(_: Request, exc: ModelBusyError) -> Response:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(503, "busy", str(exc), headers)
 
     @app.exception_handler(ImageError)
     async def _image(_: Request, exc: ImageError) -> Response:

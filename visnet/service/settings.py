@@ -111,6 +111,9 @@ class ServiceSettings(BaseSettings):
     # other one has a request in progress, its request is answered 503 with Retry-After.
     body_timeout: float = Field(60.0, gt=0.0, le=3600.0)  # s to send the request body
     max_connections: int = Field(1000, ge=1, le=1_000_000)  # open HTTP connections
+    # model calls (a search's detection and embedding, a write's embedding) waiting for one of
+    # the model_workers slots; one more is answered 503 `busy` with Retry-After
+    model_queue: int = Field(8, ge=1)
 
     @field_validator(
         "index", "review_queue", "review_root", "detector", "catalog_root", "samples_dir"

@@ -112,6 +112,8 @@ const SAY = {
   bad_aspect_ratio: "This picture is too long and thin to search. Crop it around the product and try again.",
   unsupported_image: "This image format is not supported. Choose a JPEG, PNG or WebP photo.",
   not_ready: "The search is still starting up. Try again in a few seconds.",
+  busy: "Many shoppers are searching right now. Try again in a moment.",
+  too_many_connections: "Many shoppers are searching right now. Try again in a moment.",
   unknown_product: "This product is not in the catalog (any more).",
   sample_not_found: "This sample photo is not available any more.",
   bad_filter: "Check the price filter: prices are numbers from 0 up, the lowest no higher than the highest.",
