@@ -368,12 +368,17 @@ def test_shop_the_look_boxes_show_their_own_results(browser: Any, site: Site) ->
     engine.detector = _TwoBoxes()
     page = _page(browser)
     try:
-        _search_by_upload(page, site, "5.jpg")
+        with page.expect_response("**/v1/search") as answer:
+            _search_by_upload(page, site, "5.jpg")
+        searched = [query["category"] for query in answer.value.json()["queries"]]
         page.wait_for_selector("#boxes rect.pick >> nth=1", state="attached")
         sections = page.locator("#results section.object")
         assert sections.count() == 2 and page.locator("#boxes rect.pick").count() == 2
         buttons = page.locator("#objects button")
-        assert buttons.all_inner_texts() == ["All objects", "Object 1: circle", "Object 2: square"]
+        assert searched[0] == "circle"  # the category each object was searched in names it
+        assert buttons.all_inner_texts() == ["All objects"] + [
+            f"Object {i + 1}: {category}" for i, category in enumerate(searched)
+        ]
         page.locator("#boxes rect[data-index='1']").click()  # the second box, on the photo
         assert sections.nth(0).is_hidden() and sections.nth(1).is_visible()
         assert "active" in page.get_attribute("#boxes rect[data-index='1']", "class")

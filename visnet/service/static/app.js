@@ -502,10 +502,11 @@ async function search() {
   }
 }
 
-// The detector's category, only where the service trusted it enough to search within it
-// (its label score reached the calibrated threshold): a sure product can be an unsure kind.
+// The category the service searched the object in (the request's, its nearest catalog
+// product's, or the detector's label where the detector was sure of it), never a guess it
+// did not trust: a sure product can be an unsure kind.
 function shownLabel(query) {
-  return query.label && query.category === query.label ? query.label : null;
+  return query.box ? query.category : null;
 }
 
 function objectName(query, index) {
@@ -534,7 +535,7 @@ function renderSearch(data) {
   else image.onload = draw;
   const sections = data.queries.map((query, index) => {
     const title = query.box ? `${objectName(query, index)} (${score(query.score)})` : "Results";
-    const filter = query.category ? ` in ${query.category}` : "";
+    const filter = query.category && !query.box ? ` in ${query.category}` : ""; // else in the name
     const heading = el("h2", { id: `object-${index}`, tabindex: "-1" }, title + filter);
     const grid = el("div", { class: "grid" }, ...query.results.map(productCard));
     const empty = query.results.length ? null : el("p", { class: "meta" }, "No products found.");
