@@ -543,7 +543,7 @@ def export_onnx_command(
 
 # -------------------------------------------------------------------------------------- triplets
 
-triplets_app = typer.Typer(no_args_is_help=True, help="Propose training triplets (BISS, wild).")
+triplets_app = typer.Typer(no_args_is_help=True, help="Propose triplets (BISS, wild, clicks).")
 app.add_typer(triplets_app, name="triplets")
 
 
@@ -597,6 +597,27 @@ def triplets_wild(
     try:
         settings = WildTripletSettings(negatives=negatives, split=split, seed=seed)
         summary = write_wild_triplets(data, out, settings)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@triplets_app.command("feedback")
+def triplets_feedback(
+    events: Path = typer.Option(..., "--events", help="The event log (INDEX/events.sqlite)."),
+    index: Path = typer.Option(..., "--index", help="The index folder the events came from."),
+    queue: Path = typer.Option(..., "--queue", help="Review queue file (.sqlite) to add to."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Write image paths relative to this (default: the queue's data root)."
+    ),
+    negatives: int = typer.Option(10, min=1, help="Results skipped above a click used, at most."),
+) -> None:
+    """Feedback triplets: a clicked result the positive, results skipped above it negatives."""
+    from visnet.feedback.triplets import FeedbackTripletSettings, queue_feedback_triplets
+
+    try:
+        settings = FeedbackTripletSettings(negatives=negatives)
+        summary = queue_feedback_triplets(events, index, queue, root=data, settings=settings)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2))
@@ -686,6 +707,31 @@ def _read_key() -> str:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
     typer.echo(key)
     return "q" if key in ("", "\x03", "\x04") else key
+
+
+# -------------------------------------------------------------------------------------- feedback
+
+feedback_app = typer.Typer(no_args_is_help=True, help="What shoppers clicked: reports.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("report")
+def feedback_report_command(
+    events: Path = typer.Option(..., "--events", help="The event log (INDEX/events.sqlite)."),
+    out: Path | None = typer.Option(None, "--out", help="Plot CTR by position to FILE.png."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
+) -> None:
+    """Click-through by position and query kind, per model, with Wilson 95% intervals."""
+    from visnet.feedback.report import report_markdown, write_feedback_report
+
+    try:
+        report = write_feedback_report(events, plot=out, json_out=json_out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(report_markdown(report))
+    for path in (out, json_out):
+        if path is not None:
+            typer.echo(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------------------- index

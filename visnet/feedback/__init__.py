@@ -1,0 +1,33 @@
+"""Learning from shoppers: the event log, click-through reports, and triplets for review."""
+
+from visnet.feedback.events import (
+    EVENTS_FILE,
+    MAX_EVENTS,
+    BatchError,
+    BatchResult,
+    Event,
+    EventBatch,
+    EventLog,
+    EventProblem,
+    new_query_id,
+    parse_batch,
+)
+from visnet.feedback.limits import RateLimiter
+from visnet.feedback.queries import prune_query_crops, query_crop_path, store_query_crop
+
+__all__ = [
+    "EVENTS_FILE",
+    "MAX_EVENTS",
+    "BatchError",
+    "BatchResult",
+    "Event",
+    "EventBatch",
+    "EventLog",
+    "EventProblem",
+    "RateLimiter",
+    "new_query_id",
+    "parse_batch",
+    "prune_query_crops",
+    "query_crop_path",
+    "store_query_crop",
+]
