@@ -2,6 +2,12 @@
 
 Queries go one per call, from one thread and then from `--query-threads` threads at once (the
 service searches from a thread pool; hnswlib and our store's read lock let searches overlap).
+Two raw references: a graph built by one ``add_items`` call ("raw"), and the store's own graph
+searched by hnswlib directly ("same graph"): the store's overhead without the difference
+between two graphs (the store builds its graph batch by batch, with replaceable deletes). With
+one thread, CPU time per query is reported too, and the store against its own graph timed
+query by query in alternation ("paired"): on a shared machine whole passes swing by 20-30%, which
+hides an overhead of a few microseconds; alternating calls cancel the swings.
 
     python benchmarks/knn.py --n 1000000      # about 20 minutes here, most of it building
 """
@@ -13,16 +19,15 @@ import logging
 import os
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import hnswlib
 import numpy as np
+from _vectors import clustered, freshness, percentile, recall, timed_pass
 
-from visnet.index import EmbeddedStore, HnswParams, StoreSettings, l2_normalise
+from visnet.index import EmbeddedStore, HnswParams, StoreSettings
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,52 +53,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def clustered(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Unit vectors around random centres, made in chunks to stay float32."""
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        stop = min(n, start + 100_000)
-        rows = centres[rng.integers(0, len(centres), stop - start)]
-        out[start:stop] = l2_normalise(rows + rng.standard_normal(rows.shape, np.float32))
-    return out
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
-
-
-def timed_pass(
-    search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, threads: int = 1
-) -> tuple[float, np.ndarray]:
-    """Queries/s of one pass, one query per call from `threads` threads at once, and the results.
-
-    Thread t answers queries t, t + threads, ...; the clock runs from a common start to the
-    last thread's end.
-    """
-    if threads == 1:
-        start = time.perf_counter()
-        found = np.vstack([search(q[None, :]) for q in queries])
-        return len(queries) / (time.perf_counter() - start), found
-    results: list[np.ndarray | None] = [None] * len(queries)
-    barrier = threading.Barrier(threads + 1)
-
-    def work(t: int) -> None:
-        barrier.wait()
-        for i in range(t, len(queries), threads):
-            results[i] = search(queries[i][None, :])
-
-    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    return len(queries) / elapsed, np.vstack(results)
-
-
 def build_raw(x: np.ndarray, args: argparse.Namespace) -> tuple[hnswlib.Index, float]:
     index = hnswlib.Index(space="ip", dim=x.shape[1])
     index.init_index(len(x), M=args.M, ef_construction=args.ef_construction, random_seed=100)
@@ -112,18 +71,6 @@ def build_store(
         ids = np.arange(lo, min(len(x), lo + args.batch), dtype=np.int64)
         store.upsert(ids, x[ids], ["all"] * len(ids))
     return store, len(x) / (time.perf_counter() - start)
-
-
-def freshness(store: EmbeddedStore, fresh: np.ndarray, first_id: int) -> list[float]:
-    """Seconds from the start of an upsert to a search that returns the new vector."""
-    times = []
-    for i, vector in enumerate(fresh):
-        start = time.perf_counter()
-        store.upsert(np.array([first_id + i]), vector[None, :], ["all"])
-        found = store.search(vector, 1)[0][0, 0]
-        times.append(time.perf_counter() - start)
-        assert found == first_id + i, "an upserted vector was not visible in the next query"
-    return times
 
 
 def main() -> None:
@@ -155,17 +102,41 @@ def main() -> None:
     )
 
 
-def sweep(raw, store, queries, truth, args) -> list[tuple[int, int, float, float, float, float]]:
-    """(threads, ef, raw q/s, store q/s, raw recall, store recall); runs alternate, median kept."""
+NAMES = ("raw", "store", "same graph")
+
+
+def paired_overhead(
+    store: EmbeddedStore, own: hnswlib.Index, queries: np.ndarray, k: int, rounds: int
+) -> tuple[float, float]:
+    """Mean microseconds a query of hnswlib on the store's own graph and of the store, timed
+    query by query in alternation (one thread): a shared machine's slow swings in speed, which
+    move whole passes by 20-30%, hit both alike."""
+    total = {"own": 0, "store": 0}
+    searches = {
+        "own": lambda q: own.knn_query(q, k, num_threads=1),
+        "store": lambda q: store.search(q, k),
+    }
+    for r in range(rounds):
+        for i, query in enumerate(queries):
+            q = query[None, :]
+            for name in ("own", "store") if (i + r) % 2 else ("store", "own"):
+                start = time.perf_counter_ns()
+                searches[name](q)
+                total[name] += time.perf_counter_ns() - start
+    calls = rounds * len(queries) * 1000
+    return total["own"] / calls, total["store"] / calls
+
+
+def sweep(raw, store, queries, truth, args) -> list[tuple]:
+    """(threads, ef, q/s and recall of each of NAMES); runs alternate, median kept."""
     rows = []
     for threads in [int(t) for t in args.query_threads.split(",")]:
         rows += [(threads, *row) for row in _sweep_ef(raw, store, queries, truth, args, threads)]
     return rows
 
 
-def _sweep_ef(
-    raw, store, queries, truth, args, threads
-) -> list[tuple[int, float, float, float, float]]:
+def _sweep_ef(raw, store, queries, truth, args, threads) -> list[tuple]:
+    own = store._parts["all"].index  # the store's graph, searched by hnswlib directly
     rows = []
     for ef in [int(e) for e in args.ef.split(",")]:
         raw.set_ef(ef)
@@ -173,19 +144,26 @@ def _sweep_ef(
         searches = {
             "raw": lambda q: raw.knn_query(q, args.k, num_threads=1)[0],
             "store": lambda q: store.search(q, args.k)[0],
+            "same graph": lambda q: own.knn_query(q, args.k, num_threads=1)[0],
         }
-        rates: dict[str, list[float]] = {"raw": [], "store": []}
+        rates: dict[str, list[float]] = {name: [] for name in NAMES}
+        cpu: dict[str, list[float]] = {name: [] for name in NAMES}  # one thread: CPU us/query
         found = {}
         for search in searches.values():  # warm-up
             timed_pass(search, queries[:50], threads)
         for _ in range(args.runs):
             for name, search in searches.items():
+                start = time.thread_time()
                 rate, found[name] = timed_pass(search, queries, threads)
+                cpu[name].append((time.thread_time() - start) / len(queries) * 1e6)
                 rates[name].append(rate)
-        raw_qps, store_qps = (statistics.median(rates[n]) for n in ("raw", "store"))
+        paired = paired_overhead(store, own, queries, args.k, args.runs) if threads == 1 else (0, 0)
         rows.append(
-            (ef, raw_qps, store_qps, recall(found["raw"], truth), recall(found["store"], truth))
-        )
+            (ef, *(statistics.median(rates[n]) for n in NAMES),
+             *(recall(found[n], truth) for n in NAMES),
+             *(statistics.median(cpu[n]) if threads == 1 else 0.0 for n in ("store", "same graph")),
+             *paired)
+        )  # fmt: skip
     return rows
 
 
@@ -198,12 +176,17 @@ def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh) -> 
     )
     print(
         f"{'threads':>7} {'ef':>4} {'raw q/s':>9} {'store q/s':>10} {'overhead':>9} "
-        f"{'raw R@10':>9} {'store R@10':>11}"
+        f"{'raw R@10':>9} {'store R@10':>11} {'same-graph q/s':>15} {'overhead':>9} "
+        f"{'CPU us/query store, same graph, overhead':>41} {'paired us, overhead':>20}"
     )
-    for threads, ef, raw_qps, store_qps, raw_r, store_r in rows:
+    for threads, ef, raw_qps, store_qps, own_qps, raw_r, store_r, _, cpu, own_cpu, *pair in rows:
+        cpu_cols = f"{cpu:>14.1f} {own_cpu:>11.1f} {cpu / own_cpu - 1:>13.1%}" if cpu else ""
+        if pair[0]:
+            cpu_cols += f" {pair[1]:>6.1f} {pair[0]:>6.1f} {pair[1] / pair[0] - 1:>6.1%}"
         print(
             f"{threads:>7} {ef:>4} {raw_qps:>9,.0f} {store_qps:>10,.0f} "
-            f"{raw_qps / store_qps - 1:>8.1%} {raw_r:>9.3f} {store_r:>11.3f}"
+            f"{raw_qps / store_qps - 1:>8.1%} {raw_r:>9.3f} {store_r:>11.3f} "
+            f"{own_qps:>15,.0f} {own_qps / store_qps - 1:>8.1%} {cpu_cols}"
         )
     print(
         f"\nexact search (numpy, 1 query/call, {args.exact_queries} queries): "
@@ -213,11 +196,12 @@ def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh) -> 
         f"ingest: raw hnswlib add_items {raw_rate:,.0f} vectors/s; store upsert "
         f"(batches of {args.batch}, WAL fsync each) {store_rate:,.0f} vectors/s"
     )
-    ms = sorted(t * 1000 for t in fresh)
+    ms = [t * 1000 for t in fresh]
     print(
         f"upsert -> visible in the next search ({len(ms)} trials): "
-        f"median {statistics.median(ms):.2f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.2f} ms"
+        f"median {statistics.median(ms):.2f} ms, p95 {percentile(ms, 0.95):.2f} ms"
     )
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

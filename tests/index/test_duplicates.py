@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from visnet.index import CatalogIndex, Product, StoreSettings, l2_normalise
+from visnet.index.compressed import CompressedParams
 from visnet.index.duplicates import DUPLICATE_THRESHOLD, collapse, pairwise_similarity
 
 DIM = 16
@@ -15,7 +16,8 @@ COPIES = ("shop-a", "shop-b", "shop-c")  # three ids listing one picture
 def catalog(path, kind: str = "exact", threshold: float | None = DUPLICATE_THRESHOLD):
     return CatalogIndex.create(
         path, model_fingerprint="m1", model_name="tiny", embedding_dim=DIM,
-        settings=StoreSettings(kind=kind), duplicate_threshold=threshold,  # type: ignore[arg-type]
+        settings=StoreSettings(kind=kind, compressed=CompressedParams(min_train=32)),  # type: ignore[arg-type]
+        duplicate_threshold=threshold,
     )  # fmt: skip
 
 
@@ -106,7 +108,7 @@ def test_no_threshold_shows_every_listing(tmp_path) -> None:
     index.close()
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "compressed"])
 def test_k_groups_come_back_when_most_candidates_are_copies(tmp_path, kind: str) -> None:
     """Ten copies of each of 12 pictures: the first fetch is mostly copies; k=8 still gives 8
     results, each with its 9 other listings."""

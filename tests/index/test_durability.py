@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from visnet.index import CatalogIndex, EmbeddedStore, Product, StoreSettings, l2_normalise
+from visnet.index.compressed import CompressedParams
 from visnet.index.partitions import ExactPartition
 from visnet.index.wal import WriteAheadLog
 
@@ -20,9 +21,11 @@ CHILD = """
 import sys
 import numpy as np
 from visnet.index import CatalogIndex, Product, StoreSettings
+from visnet.index.compressed import CompressedParams
 path, kind = sys.argv[1], sys.argv[2]
+settings = StoreSettings(kind=kind, compressed=CompressedParams(min_train=16))
 index = CatalogIndex.open_or_create(path, model_fingerprint="m", model_name="tiny",
-                                    embedding_dim=16, settings=StoreSettings(kind=kind))
+                                    embedding_dim=16, settings=settings)
 for i in range(100_000):
     views = np.random.default_rng(i).standard_normal((2, 16))
     index.upsert(Product(f"p{i:05d}", "ab"[i % 2]), views)
@@ -58,11 +61,14 @@ def ingest_then_kill(path: Path, kind: str, after: int, delay: float) -> list[st
     return acked
 
 
-@pytest.mark.parametrize(("kind", "after", "delay"), [("exact", 12, 0.0), ("hnsw", 30, 0.003)])
+@pytest.mark.parametrize(
+    ("kind", "after", "delay"), [("exact", 12, 0.0), ("hnsw", 30, 0.003), ("compressed", 30, 0.003)]
+)
 def test_kill_9_mid_ingest_loses_no_acknowledged_product(tmp_path, kind, after, delay) -> None:
     path = tmp_path / "ix"
     acked = ingest_then_kill(path, kind, after, delay)
     index = CatalogIndex.open(path, model_fingerprint="m")
+    assert index.manifest["store"]["kind"] == kind
     n = len(acked)
     assert acked == [f"p{i:05d}" for i in range(n)]
     held = [p.id for p in index.products.list_products()]
@@ -90,17 +96,22 @@ def state(store: EmbeddedStore, queries: np.ndarray) -> tuple:
     return ids, store.get(ids), store.counts(), store.search(queries, 10)[0]
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def tiny_settings(kind: str) -> StoreSettings:
+    """One kind; the compressed kind trains its IVF from 32 vectors, so tiny data reaches it."""
+    return StoreSettings(kind=kind, compressed=CompressedParams(min_train=32))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "compressed"])
 def test_snapshot_plus_log_replay_equals_the_live_state(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(0)
-    store = EmbeddedStore(16, tmp_path / "s", StoreSettings(kind=kind))  # type: ignore[arg-type]
+    store = EmbeddedStore(16, tmp_path / "s", tiny_settings(kind))
     fill_store(store, rng, 10)
     store.snapshot()
     fill_store(store, rng, 10)  # these live only in the log
     queries = l2_normalise(rng.standard_normal((30, 16)))
     live = state(store, queries)
     store.close()
-    reopened = EmbeddedStore(16, tmp_path / "s", StoreSettings(kind=kind))  # type: ignore[arg-type]
+    reopened = EmbeddedStore(16, tmp_path / "s", tiny_settings(kind))
     again = state(reopened, queries)
     np.testing.assert_array_equal(again[0], live[0])
     np.testing.assert_array_equal(again[1], live[1])
@@ -108,6 +119,7 @@ def test_snapshot_plus_log_replay_equals_the_live_state(tmp_path, kind: str) -> 
     # hnswlib reseeds its level generator on load, so graphs may differ a little after replay.
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(again[3], live[3], strict=True)])
     assert overlap == 1.0 if kind == "exact" else overlap >= 0.95
+    assert set(reopened.kinds().values()) == {kind}
     reopened.close()
 
 
