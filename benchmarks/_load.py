@@ -37,6 +37,16 @@ class Answer(NamedTuple):
 # ---- requests --------------------------------------------------------------------------------
 
 
+def install_uvloop() -> None:
+    """The faster event loop for the load generator, when installed."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
 def get_request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
 

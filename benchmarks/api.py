@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _load import by_endpoint, closed_loop, get_request, search_request
+from _load import by_endpoint, closed_loop, get_request, install_uvloop, search_request
 from _server import catalog_root, copy_index, free_port, metrics_text, start_server, stop_server
 from PIL import Image
 from tqdm import tqdm
@@ -197,12 +197,7 @@ def measure(args: argparse.Namespace, port: int, ids: list[str], photo_dir: Path
 
 def main() -> None:
     args = parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     if (args.prepare_only or args.reuse) and args.work is None:
         sys.exit("--prepare-only and --reuse need --work DIR")
     work = args.work or Path(tempfile.mkdtemp(prefix="visnet-api-bench-"))

@@ -59,6 +59,7 @@ from _load import (
     by_endpoint,
     closed_loop,
     get_request,
+    install_uvloop,
     open_loop,
     percentiles,
     product_request,
@@ -388,12 +389,7 @@ def closed(port: int, mix: Callable[[], Request], args: argparse.Namespace) -> d
 
 def main() -> None:
     args = parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="visnet-soak-"))
     started = time.strftime("%Y-%m-%d %H:%M")

@@ -13,9 +13,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -43,6 +43,7 @@ from visnet.service.slots import SEARCH, WRITE, ModelSlots
 __all__ = ["Engine", "LruCache", "load_embedder"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LruCache:
@@ -403,22 +404,21 @@ class Engine:
 
     def categories(self) -> dict[str, int]:
         """Category -> product count (cached until the next write)."""
-        found = self._categories
-        if found is None:
-            generation = self.recommendations.generation
-            found = self.index.category_counts()
-            if generation == self.recommendations.generation:
-                self._categories = found
-        return found
+        return self._until_write("_categories", self.index.category_counts)
 
     def facets(self) -> Facets:
         """What the products can be filtered on (cached until the next write)."""
-        found = self._facets
+        return self._until_write("_facets", self.index.facets)
+
+    def _until_write(self, attribute: str, read: Callable[[], T]) -> T:
+        """``read()``, kept in ``attribute`` until the next write clears it; not kept when a
+        write raced the read."""
+        found = getattr(self, attribute)
         if found is None:
             generation = self.recommendations.generation
-            found = self.index.facets()
+            found = read()
             if generation == self.recommendations.generation:
-                self._facets = found
+                setattr(self, attribute, found)
         return found
 
     def browse(self, category: str | None, cursor: str | None, limit: int) -> ProductPage:
