@@ -38,6 +38,11 @@ vectors of unchanged images across builds; int8: a quick static quantization of 
 moved 29% of nearest neighbours, too far to call the same model) or cheaper decoding (JPEG
 draft mode, which would make the index's vectors differ from those the service computes).
 
+Notes, 2026-12-02, evening, another machine of the same kind without AMX (AVX512-BF16 only:
+`auto` still runs bfloat16, but its matrix products are slower), load 1.3-2.1 from the
+benchmark itself: f0e5caa 21.4 s, this tree 18.6 s (1.15x). The forward pass is the larger
+share here, so the gain from overlapping decoding with it is smaller.
+
 Earlier notes, 2026-12-02, morning, busy machine (a training run, a `visnet eval`, a schema
 fuzzer, pylint beside it; load 4-6): f0e5caa 61.1 s, this tree then 64.8 s (0.94x); without
 onnxruntime's spin-waiting 51.5 s against 53.2 s (1.03x). Absolute times on a busy machine are
