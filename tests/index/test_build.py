@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from visnet.data.street2shop import read_set, write_set
 from visnet.data.synthetic import make_synthetic_set
+from visnet.embed.job import run_embed_job
 from visnet.embed.registry import create_embedder
 from visnet.index.build import build_index
 from visnet.index.catalog_index import CatalogIndex
@@ -165,3 +168,62 @@ def test_a_catalogs_price_brand_and_stock_are_kept_as_product_fields(tmp_path: P
         csv.write_text(f"id,category,image,title,{column}\nA,hats,a.jpg,A,{value}\n")
         with pytest.raises(CatalogError, match=f"line 2: {problem}"):
             read_catalog(csv)
+
+
+def test_a_large_catalog_streams_through_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past STREAM_VIEWS views the build embeds into OUT.embeddings and ingests from the
+    memory-mapped shards: the same products and vectors as the in-memory build; past
+    PCA_SAMPLE vectors the PCA is fitted on a seeded sample (the same one every time)."""
+    from visnet.index import build
+
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=3)
+    embedder = create_embedder("colour-histogram")
+    in_memory = build_index(root, embedder, tmp_path / "memory", dim=0, precompute_k=0)
+    monkeypatch.setattr(build, "STREAM_VIEWS", 5)
+    streamed = build_index(root, embedder, tmp_path / "streamed", dim=0, precompute_k=0)
+    assert (tmp_path / "streamed.embeddings" / "manifest.json").is_file()
+    assert streamed == {**in_memory, "catalog_root": streamed["catalog_root"]}
+    a, b = (_open(tmp_path / name) for name in ("memory", "streamed"))
+    try:
+        ids = [p.id for p in a.products.list_products()]
+        assert ids == [p.id for p in b.products.list_products()]
+        for product_id in ids:
+            assert replace(a.get(product_id), created="", updated="") == replace(
+                b.get(product_id), created="", updated=""
+            )
+            views = [i.store.get(i.products.vector_ids(product_id)) for i in (a, b)]
+            np.testing.assert_allclose(views[0], views[1], atol=1e-6)
+    finally:
+        a.close()
+        b.close()
+
+    monkeypatch.setattr(build, "PCA_SAMPLE", 10)
+    sampled = [build_index(root, embedder, tmp_path / f"pca-{i}", dim=8) for i in range(2)]
+    assert sampled[0]["vectors"] == in_memory["vectors"] > 10
+    assert _pca_fingerprint(tmp_path / "pca-0") == _pca_fingerprint(tmp_path / "pca-1")
+    monkeypatch.setattr(build, "PCA_SAMPLE", 200_000)
+    build_index(root, embedder, tmp_path / "pca-all", dim=8)
+    assert _pca_fingerprint(tmp_path / "pca-0") != _pca_fingerprint(tmp_path / "pca-all")
+
+
+def _open(index: Path) -> CatalogIndex:
+    manifest = json.loads((index / "manifest.json").read_text())
+    return CatalogIndex.open(index, model_fingerprint=manifest["model_fingerprint"])
+
+
+def test_shard_vectors_gather_rows_across_shards(tmp_path: Path) -> None:
+    from visnet.embed.job import open_shards, read_shards
+
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=4)
+    run_embed_job(root, create_embedder("colour-histogram"), tmp_path / "e", shard_size=7)
+    mapped, rows, manifest = open_shards(tmp_path / "e")
+    whole, same_rows, _ = read_shards(tmp_path / "e")
+    assert manifest["shards"] > 2 and len(mapped) == len(rows) == len(whole) and rows == same_rows
+    picks = np.array([len(rows) - 1, 0, 8, 7, 6, 13, 8])  # across shards, unordered, repeated
+    np.testing.assert_array_equal(mapped[picks], whole[picks])
+    with pytest.raises(IndexError):
+        mapped[[len(rows)]]

@@ -182,17 +182,53 @@ def _write_manifest(
     return manifest
 
 
-def read_shards(out: str | Path) -> tuple[np.ndarray, list[CatalogRow], dict[str, Any]]:
-    """All vectors and rows of a finished job, in order, with its manifest."""
+class ShardVectors:
+    """A finished job's vectors, memory-mapped shard by shard: ``vectors[indices]`` gathers
+    those rows (numbered across shards, as `open_shards`'s rows are) without reading the rest,
+    so a catalog's vectors need not fit in memory."""
+
+    def __init__(self, shards: list[np.ndarray], dim: int) -> None:
+        self.shards = shards
+        self.dim = dim
+        self.starts = np.cumsum([0] + [len(shard) for shard in shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    def __getitem__(self, indices: np.ndarray | list[int] | slice) -> np.ndarray:
+        if isinstance(indices, slice):
+            indices = np.arange(len(self))[indices]
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} vectors")
+        out = np.empty((len(indices), self.dim), np.float32)
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        for shard in np.unique(shard_of):
+            mask = shard_of == shard
+            out[mask] = self.shards[shard][indices[mask] - self.starts[shard]]
+        return out
+
+
+def open_shards(out: str | Path) -> tuple[ShardVectors, list[CatalogRow], dict[str, Any]]:
+    """A finished job's vectors (memory-mapped, `ShardVectors`), rows in order, and manifest."""
     out = Path(out)
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{out}: no manifest.json; the embed job has not finished")
     manifest = json.loads(manifest_path.read_text())
-    vectors, rows = [], []
+    shards, rows = [], []
     for index in range(manifest["shards"]):
-        vectors.append(np.load(out / f"shard-{index:05d}.npy"))
+        shards.append(np.load(out / f"shard-{index:05d}.npy", mmap_mode="r"))
         meta = json.loads((out / f"shard-{index:05d}.json").read_text())
         rows += [CatalogRow(**r) for r in meta["rows"]]
-    stacked = np.concatenate(vectors) if vectors else np.zeros((0, manifest["dim"]), np.float32)
-    return stacked, rows, manifest
+    return ShardVectors(shards, int(manifest["dim"])), rows, manifest
+
+
+def read_shards(out: str | Path) -> tuple[np.ndarray, list[CatalogRow], dict[str, Any]]:
+    """All vectors (in memory) and rows of a finished job, in order, with its manifest."""
+    vectors, rows, manifest = open_shards(out)
+    return vectors[:], rows, manifest

@@ -2,7 +2,12 @@
 
 The catalog is embedded by the embedding pipeline (`visnet.embed.pipeline`: parallel decode,
 batched embedding, bad images skipped and counted), in memory; or, given an `embeddings`
-folder, by the resumable feature-vector job, whose shards a rerun after a kill picks up.
+folder, by the resumable feature-vector job, whose shards a rerun after a kill picks up. A
+catalog of more than `STREAM_VIEWS` views always takes the second way (its shards in
+`OUT.embeddings` unless told otherwise), and its build streams: the shards are memory-mapped,
+the PCA is fitted on a seeded sample of at most `PCA_SAMPLE` vectors, and products are
+gathered and ingested `INGEST_BATCH` at a time, so the full-precision vectors are never all
+in memory (the row list and the id maps are: about 0.5 KB a view).
 
 The index is built in `OUT.partial` and moved into place only when complete, so a failed or
 killed build never leaves a half-written index where a server would open it. That staging
@@ -15,7 +20,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from visnet.data.catalog import SHOP_FIELDS, read_catalog, read_side_info, shop_fields
-from visnet.embed.job import CatalogRow, catalog_rows, embed_catalog, read_shards, run_embed_job
+from visnet.embed.job import (
+    CatalogRow,
+    ShardVectors,
+    catalog_rows,
+    embed_catalog,
+    open_shards,
+    run_embed_job,
+)
 from visnet.embed.pipeline import PipelineSettings
 from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
@@ -31,12 +45,18 @@ from visnet.index.catalog_index import CatalogIndex
 from visnet.index.embedded import StoreSettings
 from visnet.index.pca import PCA, fit_pca
 from visnet.index.products import Product
+from visnet.index.stores import discard_store
 from visnet.io import replace_folder, staging_folder
 
 log = logging.getLogger(__name__)
 
 INGEST_BATCH = 4096  # products per write: one SQLite transaction pair each
 PRECOMPUTE_K = 20  # recommendations stored per product, unless told otherwise
+STREAM_VIEWS = 500_000  # past this many catalog views the build streams through shards
+PCA_SAMPLE = 200_000  # the PCA is fitted on at most this many vectors (all of them below it)
+SAMPLE_SEED = 0
+
+Vectors = np.ndarray | ShardVectors  # rows gathered by `vectors[indices]`
 
 
 # the catalog.jsonl attributes of a Street2Shop-layout set that products keep (the others, such
@@ -71,15 +91,15 @@ def _side_info(source: Path) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]
 
 def _products(
     rows: list[CatalogRow],
-    vectors: np.ndarray,
+    vectors: Vectors,
     info: dict[str, dict[str, Any]],
     root: Path,
     keep: tuple[str, ...] | None = SET_ATTRIBUTES,
-) -> list[tuple[Product, np.ndarray]]:
+) -> Iterator[tuple[Product, np.ndarray]]:
+    """Each product and its views' vectors, one at a time (gathered when asked for)."""
     by_product: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_product[row.product].append(i)
-    items = []
     for product_id, indices in by_product.items():
         first = rows[indices[0]]
         extra = info.get(product_id, {})
@@ -99,8 +119,7 @@ def _products(
             brand=extra.get("brand"),
             in_stock=extra.get("in_stock"),
         )
-        items.append((product, vectors[indices]))
-    return items
+        yield product, vectors[indices]
 
 
 def _relative(image: str, root: Path) -> str:
@@ -112,16 +131,40 @@ def _relative(image: str, root: Path) -> str:
 
 def _embed(
     source: Path, embedder: Embedder, embeddings: Path | None
-) -> tuple[np.ndarray, list[CatalogRow], dict[str, Any]]:
-    """(vectors, rows, {model, fingerprint, dim, skipped}) of every readable catalog view."""
+) -> tuple[Vectors, list[CatalogRow], dict[str, Any]]:
+    """(vectors, rows, {model, fingerprint, dim, skipped}) of every readable catalog view: in
+    memory, or memory-mapped from the job's shards when `embeddings` names their folder."""
     if embeddings is not None:
         run_embed_job(source, embedder, embeddings)
-        vectors, rows, manifest = read_shards(embeddings)
-        return vectors, rows, manifest
+        return open_shards(embeddings)
     settings = PipelineSettings(desc="embed catalog", progress=True)
     vectors, rows, skipped = embed_catalog(catalog_rows(source), embedder, settings)
     model = {"model": embedder.name, "fingerprint": embedder_fingerprint(embedder)}
     return vectors, rows, {**model, "dim": embedder.dim, "skipped": skipped}
+
+
+def _streamed(source: Path, out: Path, embeddings: Path | None) -> Path | None:
+    """The shards folder to use: the one named, else `OUT.embeddings` for a catalog too large
+    to embed in memory, else None."""
+    if embeddings is not None:
+        return embeddings
+    views = len(catalog_rows(source))
+    if views <= STREAM_VIEWS:
+        return None
+    folder = out.with_name(f"{out.name}.embeddings")
+    log.info("%d catalog views: embedding into resumable shards in %s", views, folder)
+    return folder
+
+
+def fit_reduction(vectors: Vectors, rows: list[CatalogRow], dim: int) -> PCA | None:
+    """The PCA to `dim` fitted on the rows in vector-id (photo id) order, as the evaluation
+    fits it (the same vectors give the same PCA, so eval measures what the index serves); past
+    `PCA_SAMPLE` rows, on a seeded sample of them, in the same order."""
+    order = np.argsort([row.vector_id for row in rows], kind="stable")
+    if len(order) > PCA_SAMPLE:
+        keep = np.random.default_rng(SAMPLE_SEED).choice(len(order), PCA_SAMPLE, replace=False)
+        order = order[np.sort(keep)]
+    return reduction(vectors[order], dim)
 
 
 def build_index(
@@ -138,18 +181,17 @@ def build_index(
     None embeds in memory and writes no shards.
     """
     source, out = Path(source), Path(out)
-    vectors, rows, manifest = _embed(source, embedder, Path(embeddings) if embeddings else None)
+    shards = _streamed(source, out, Path(embeddings) if embeddings else None)
+    vectors, rows, manifest = _embed(source, embedder, shards)
     if not rows:
         raise ValueError(f"{source}: the catalog has no readable images; nothing to index")
-    # fitted on the rows in vector-id (photo id) order, as the evaluation fits it: the same
-    # vectors give the same PCA, so eval measures what the index serves
-    order = np.argsort([row.vector_id for row in rows], kind="stable")
-    pca = reduction(vectors[order], dim)
+    pca = fit_reduction(vectors, rows, dim)
     staging = staging_folder(out)
     root = source if source.is_dir() else source.parent
     info, keep = _side_info(source)
     items = _products(rows, vectors, info, root, keep)
-    written = write_index(staging, items, manifest, pca, precompute_k)
+    products = len({row.product for row in rows})
+    written = write_index(staging, items, manifest, pca, precompute_k, total=products)
     summary = {
         **written,
         "model": manifest["model"],
@@ -170,15 +212,17 @@ def reduction(vectors: np.ndarray, dim: int) -> PCA | None:
 
 def write_index(
     folder: Path,
-    items: list[tuple[Product, np.ndarray]],
+    items: Iterable[tuple[Product, np.ndarray]],
     model: dict[str, Any],
     pca: PCA | None,
     precompute_k: int = PRECOMPUTE_K,
     settings: StoreSettings | None = None,
+    total: int | None = None,
 ) -> dict[str, int]:
     """A new index in `folder` (a staging folder: no write-ahead log, one final snapshot) holding
-    `items` (products and their view embeddings) of `model` ({model, fingerprint, dim}), with
-    `precompute_k` recommendations a product. Returns its counts and vector dimension."""
+    `items` (products and their view embeddings, taken `INGEST_BATCH` at a time; `total` of
+    them, for the progress bar) of `model` ({model, fingerprint, dim}), with `precompute_k`
+    recommendations a product. Returns its counts and vector dimension."""
     index = CatalogIndex.create(
         folder,
         model_fingerprint=model["fingerprint"],
@@ -188,8 +232,11 @@ def write_index(
         settings=replace(settings or StoreSettings(), log_writes=False),
     )
     try:
-        for start in tqdm(range(0, len(items), INGEST_BATCH), desc="index", unit="batch"):
-            index.upsert_many(items[start : start + INGEST_BATCH])
+        products = iter(items)
+        with tqdm(total=total, desc="index", unit="product") as bar:
+            while batch := list(islice(products, INGEST_BATCH)):
+                index.upsert_many(batch)
+                bar.update(len(batch))
         precomputed = index.precompute_similar(k=precompute_k) if precompute_k else 0
         index.snapshot()
         return {
@@ -198,5 +245,8 @@ def write_index(
             "precomputed": precomputed,
             "dim": int(index.manifest["vector_dim"]),
         }
+    except BaseException:
+        discard_store(index.store)  # a Milvus collection outlives the staging folder
+        raise
     finally:
         index.close()

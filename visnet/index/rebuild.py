@@ -104,7 +104,7 @@ def _rebuild(
     dim = _old_dim(old) if dim is None else dim
     pca = reduction(np.concatenate([vectors for _, vectors in items]), dim)
     k = _precompute_k(build) if precompute_k is None else precompute_k
-    written = write_index(staging, items, model, pca, k, _store_settings(old))
+    written = write_index(staging, items, model, pca, k, _store_settings(old), total=len(items))
     if (old.path / UPLOADS).is_dir():
         shutil.copytree(old.path / UPLOADS, staging / UPLOADS)
     summary = {
