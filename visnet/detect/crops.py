@@ -30,13 +30,16 @@ __all__ = [
 
 # How a detected box becomes a search query. All three numbers were chosen on the embedding
 # model's held-out train products, never the test split: `benchmarks/detector_crops.py`
-# (2026-11-24, default model and detector) gives recall@20 87.6 for the best 3 boxes merged at
-# margin 0.2, 86.7 for the best box alone, 85.7 merged at margin 0.1; true boxes 87.2.
+# (2026-11-24, the wave-1 model and detector) gave recall@20 87.6 for the best 3 boxes merged
+# at margin 0.2, 86.7 for the best box alone, 85.7 merged at margin 0.1; true boxes 87.2.
 #
 # QUERY_MARGIN: context kept around a detected box when it becomes a search query, as a share
-# of its width and height on each side (the model learnt from street crops with up to 15% context
-# jitter: `visnet.training.datasets.JITTER_MARGIN`).
-QUERY_MARGIN = 0.2
+# of its width and height on each side. Chosen again for the pretrained model and detector
+# (2026-12-02, `benchmarks/detector_crops.py --margins 0.0 0.1 0.2 0.3 --boxes 1`, 471 held-out
+# street photos; true box 94.1 recall@1): the shopper's box 92.6 / 91.3 / 90.4 / 87.3 recall@1
+# at margins 0.0 / 0.1 / 0.2 / 0.3, the best box 65.4 / 64.3 / 63.7 / 61.6. This detector's
+# boxes fit the product as tightly as the labelled ones, so context only adds clutter.
+QUERY_MARGIN = 0.0
 
 # When one answer must serve a photo whose wanted object is unknown (the evaluation protocol),
 # the best QUERY_BOXES detections are all searched and each product keeps its best similarity,
