@@ -14,6 +14,7 @@ from visnet.feedback import (
     BatchError,
     EventBatch,
     EventLog,
+    fingerprint_token,
     new_query_id,
     parse_batch,
 )
@@ -163,3 +164,15 @@ def test_a_batch_that_fails_midway_leaves_nothing(tmp_path: Path) -> None:
             log.record(SESSION, [*good.events, object()])  # type: ignore[list-item]
         assert log.counts()["impression"] == 0 and list(log.shown_lists()) == []
         assert log.record(SESSION, good.events) == 1
+
+
+def test_fingerprints_become_tokens_an_impression_takes() -> None:
+    assert fingerprint_token("3fa2c0d9e1b24a77") == "3fa2c0d9e1b24a77"  # a weights hash as is
+    spelled = "visnet.features.colour.ColourHistogram:colour-histogram:512:{'bins': 8}"
+    token = fingerprint_token(spelled, "colour histogram")
+    assert token.startswith("colour-histogram:") and token == fingerprint_token(
+        spelled, "colour histogram"
+    )
+    assert token != fingerprint_token(spelled + " ", "colour histogram")
+    body = impression(new_query_id(), ["p1"], model=token)
+    assert parse_batch({"session": SESSION, "events": [body]}).problems == []

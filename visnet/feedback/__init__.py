@@ -9,6 +9,7 @@ from visnet.feedback.events import (
     EventBatch,
     EventLog,
     EventProblem,
+    fingerprint_token,
     new_query_id,
     parse_batch,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "EventLog",
     "EventProblem",
     "RateLimiter",
+    "fingerprint_token",
     "new_query_id",
     "parse_batch",
     "prune_query_crops",

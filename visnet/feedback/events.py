@@ -35,6 +35,8 @@ SQLite file (WAL, ``synchronous=FULL``: a batch is on disk before `record` retur
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sqlite3
 import threading
 import uuid
@@ -67,6 +69,7 @@ __all__ = [
     "Purchase",
     "Shown",
     "ShownList",
+    "fingerprint_token",
     "new_query_id",
     "parse_batch",
 ]
@@ -216,6 +219,16 @@ KnownProducts = Callable[[set[str]], set[str]]  # of these ids, those the catalo
 def new_query_id() -> str:
     """A fresh query id for one result list (the service returns it with the list)."""
     return uuid.uuid4().hex
+
+
+def fingerprint_token(fingerprint: str, name: str = "") -> str:
+    """A model's or an index's fingerprint as an impression names it (`FINGERPRINT_PATTERN`):
+    itself when it fits (a VisNet model's weights hash), else ``NAME:HASH`` (a baseline's
+    fingerprint spells out its settings), the same for the same fingerprint everywhere."""
+    if re.fullmatch(FINGERPRINT_PATTERN, fingerprint):
+        return fingerprint
+    label = re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).strip("-.")[:48] or "model"
+    return f"{label}:{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}"
 
 
 def parse_batch(

@@ -50,6 +50,7 @@ class ObjectResults:
     label_score: float | None
     category: str | None  # the category searched: the request's filter or a trusted label
     matches: list[Match]
+    query_image: str | None = None  # the stored crop's id (`visnet.feedback.queries`), if kept
 
 
 @dataclass(frozen=True)

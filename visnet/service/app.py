@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from visnet.service import files, review_routes, routes
+from visnet.service import event_routes, files, review_routes, routes
 from visnet.service.docs import install_docs, is_docs_path
 from visnet.service.engine import Engine
 from visnet.service.errors import install_error_handlers
@@ -124,9 +124,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.engine, app.state.review = None, None
+    app.state.event_limiter = event_routes.event_limiter(settings)
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(review_routes.router)
+    app.include_router(event_routes.router)
+    event_routes.install_event_schemas(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     docs_policy = install_docs(app, PAGE_POLICY)
 
@@ -140,7 +143,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     # outermost first: metrics see every request (401s and 413s included), then headers, then
     # the key and the size cap, both before the body is read
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    events_cap = (settings.max_event_bytes, "send fewer events a batch")
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        caps={event_routes.EVENTS_PATH: events_cap},
+    )
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(PageHeadersMiddleware, docs_policy=docs_policy)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

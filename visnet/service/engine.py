@@ -7,8 +7,10 @@ It answers in domain objects (`answers.py`, `Product`) and reaches the index onl
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -22,6 +24,8 @@ from PIL import Image
 
 from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.features.base import Embedder
+from visnet.feedback.events import BatchResult, EventLog, fingerprint_token
+from visnet.feedback.queries import prune_query_crops, store_query_crop
 from visnet.images import DecodedImage, ImageLimits, decode_image
 from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Facets, Product, ProductFilter
@@ -44,6 +48,7 @@ __all__ = ["Engine", "LruCache", "load_embedder"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PRUNE_EVERY = 1000  # search crops stored between two prunings of the folder
 
 
 class LruCache:
@@ -140,6 +145,24 @@ def _catalog_root(settings: ServiceSettings) -> Path | None:
     return None
 
 
+def index_token(manifest: dict[str, Any]) -> str:
+    """A short id of one index build (its creation time, model and PCA), the same in every copy
+    of the folder: a replica serving a rebuilt index names another."""
+    pca = (manifest.get("pca") or {}).get("fingerprint")
+    built = json.dumps([manifest.get("created"), manifest.get("model_fingerprint"), pca])
+    return f"index:{hashlib.sha256(built.encode()).hexdigest()[:16]}"
+
+
+def open_event_log(path: Path) -> EventLog | None:
+    """The shopper event log; None (events refused, searches served) when it cannot be opened,
+    say in a read-only index folder."""
+    try:
+        return EventLog(path)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("no shopper events: cannot open %s: %s", path, exc)
+        return None
+
+
 def _scaled(box: Any, sx: float, sy: float) -> tuple[float, ...]:
     x1, y1, x2, y2 = (float(v) for v in box)
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
@@ -188,6 +211,11 @@ class Engine:
         self._write_lock = threading.Lock()
         self._categories: dict[str, int] | None = None
         self._facets: Facets | None = None
+        # what ranked an answer, as the page's impressions name it (`visnet.feedback.events`)
+        self.model_token = fingerprint_token(embedder_fingerprint(embedder), embedder.name)
+        self.index_token = index_token(index.manifest)
+        self.events = open_event_log(settings.events_path)
+        self._crops_stored = 0
 
     @classmethod
     def load(cls, settings: ServiceSettings, metrics: Metrics) -> Engine:
@@ -208,6 +236,7 @@ class Engine:
             duplicate_threshold=settings.duplicate_threshold,
         )
         engine = cls(settings, embedder, index, detector, metrics)
+        engine.prune_crops()
         if not index.recommendations_current():
             log.info(
                 "the stored recommendation lists were made with another duplicate threshold "
@@ -226,6 +255,8 @@ class Engine:
         return engine
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
         if self.recommendations.stop():
             self.index.close()
         else:  # closing under a running refresh could free memory it reads; writes are durable
@@ -295,11 +326,39 @@ class Engine:
         for obj, vector in zip(found, vectors, strict=True):
             wanted = category or self.object_category(obj, vector)
             matches = self.matches(self.index.search(vector, k, wanted, filters))
-            objects.append(
-                ObjectResults(obj.box, obj.label, obj.score, obj.label_score, wanted, matches)
-            )
+            shown = (obj.box, obj.label, obj.score, obj.label_score, wanted, matches)
+            objects.append(ObjectResults(*shown, self.keep_crop(obj.image)))
         self._timed("search", t)
         return SearchResults(objects, time.perf_counter() - start)
+
+    def keep_crop(self, image: Image.Image) -> str | None:
+        """Store a searched crop for feedback triplets (`visnet.feedback.queries`); its id, or
+        None when crops are not kept or it could not be written (the search is still served)."""
+        if not self.settings.keep_query_crops:
+            return None
+        try:
+            crop = store_query_crop(self.index.path, image)
+        except OSError:
+            log.exception("could not keep a search crop under %s", self.index.path)
+            return None
+        self._crops_stored += 1
+        if self._crops_stored % PRUNE_EVERY == 0:
+            self.prune_crops()
+        return crop
+
+    def prune_crops(self) -> dict[str, int] | None:
+        """Remove stored search crops past their age or the size cap (settings)."""
+        if not self.settings.keep_query_crops:
+            return None
+        try:
+            return prune_query_crops(
+                self.index.path,
+                max_age_s=self.settings.query_crop_max_age_days * 86400.0,
+                max_total_bytes=self.settings.query_crop_max_bytes,
+            )
+        except OSError:
+            log.exception("could not prune the search crops under %s", self.index.path)
+            return None
 
     def object_category(self, obj: SearchObject, vector: np.ndarray) -> str | None:
         """The category to search a detected object in when the request names none: its nearest
@@ -439,6 +498,22 @@ class Engine:
         if not 0 <= view < len(product.images):
             return None
         return product_image(product.images[view], self.catalog_root, self.index.path)
+
+    # ---- shopper events ------------------------------------------------------------------------
+
+    def known_products(self, product_ids: set[str]) -> set[str]:
+        """The ones of ``product_ids`` the catalog holds (the product cache first)."""
+        return {p for p in product_ids if self.products.get(p) is not None or p in self.index}
+
+    def record_events(self, body: Any) -> BatchResult:
+        """Log a batch's good events, naming the refused ones (`EventLog.record_batch`);
+        `BatchError` for a body that is no batch, RuntimeError when there is no event log."""
+        if self.events is None:
+            raise RuntimeError("the event log could not be opened; see the server log")
+        result = self.events.record_batch(body, self.known_products)
+        self.metrics.events.labels("accepted").inc(result.accepted)
+        self.metrics.events.labels("rejected").inc(len(result.rejected))
+        return result
 
     # ---- writes ------------------------------------------------------------------------------
 

@@ -56,11 +56,14 @@ WHEN = {  # what each documented error status means, for /openapi.json
 
 
 class ApiError(Exception):
-    """An error a client can act on: HTTP status, stable code, human message."""
+    """An error a client can act on: HTTP status, stable code, human message (and headers,
+    such as a 429's Retry-After)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -100,7 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:

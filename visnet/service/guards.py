@@ -114,25 +114,30 @@ class BodyLimitMiddleware:
 
     A declared Content-Length over the cap is refused at once; a body without one (chunked) is
     counted as it arrives and refused when it passes the cap (the app's own response is dropped).
+    ``caps``: path -> (a smaller cap, what to do instead), for routes that take small bodies
+    (``POST /v1/events``).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, caps: dict[str, tuple[int, str]] | None = None
+    ) -> None:
+        self.app, self.max_bytes, self.caps = app, max_bytes, caps or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
+        cap, advice = self.caps.get(scope["path"], (self.max_bytes, "send a smaller image"))
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send, declared)
+        if declared is not None and declared > cap:
+            await self._refuse(send, cap, declared, advice)
             return
         state: dict[str, Any] = {"seen": 0, "over": False, "started": False}
 
         async def counted_receive() -> Message:
             message = await receive()
             state["seen"] += len(message.get("body", b""))
-            if state["seen"] > self.max_bytes:
+            if state["seen"] > cap:
                 state["over"] = True
                 raise _TooLarge()
             return message
@@ -150,12 +155,10 @@ class BodyLimitMiddleware:
             if not state["over"]:
                 raise
         if state["over"] and not state["started"]:
-            await self._refuse(send, state["seen"])
+            await self._refuse(send, cap, state["seen"], advice)
 
-    async def _refuse(self, send: Send, size: int) -> None:
-        message = (
-            f"request body is over {self.max_bytes:,} bytes ({size:,} sent); send a smaller image"
-        )
+    async def _refuse(self, send: Send, cap: int, size: int, advice: str) -> None:
+        message = f"request body is over {cap:,} bytes ({size:,} sent); {advice}"
         await _answer(send, 413, "upload_too_large", message)
 
 

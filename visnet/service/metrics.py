@@ -58,6 +58,13 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "visnet_events",
+            "Shopper events posted to /v1/events, by outcome (accepted: logged; rejected: "
+            "refused one by one, such as an unknown product).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.products = Gauge(
             "visnet_index_products", "Products in the catalog index.", registry=self.registry
         )

@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, Response
 
 from visnet.data.catalog import MAX_BRAND
 from visnet.data.samples import Sample, list_samples, sample_file
+from visnet.feedback.events import new_query_id
 from visnet.index.products import Product, ProductFilter
 from visnet.service import files
 from visnet.service.answers import Match, ObjectResults, ProductPage, SearchResults, Similar
@@ -106,14 +107,17 @@ def product_filter(filters: FiltersIn) -> ProductFilter | None:
     return found or None
 
 
-def similar_json(found: Similar) -> Response:
+def similar_json(found: Similar, engine: Engine) -> Response:
     """The /similar answer (`SimilarOut`) as JSON bytes straight from orjson, on the hot path:
     building the pydantic models made a whole k=20 request cost about 1.4x the CPU (330 against
     230 us in process). `tests/service/test_service.py` checks the bytes are exactly a
-    `SimilarOut`."""
+    `SimilarOut`. Each answer is a new list for the page's impressions: a fresh query id."""
     results = [result_fields(m) for m in found.matches]
     body = {
         "product_id": found.product_id,
+        "query_id": new_query_id(),
+        "model": engine.model_token,
+        "index": engine.index_token,
         "source": found.source,
         "results": results,
         "duplicates": list(found.duplicates),
@@ -123,6 +127,8 @@ def similar_json(found: Similar) -> Response:
 
 def query_out(found: ObjectResults) -> QueryOut:
     return QueryOut(
+        query_id=new_query_id(),
+        query_image=found.query_image,
         box=None if found.box is None else [round(v, 1) for v in found.box],
         category=found.category,
         label=found.label,
@@ -132,9 +138,14 @@ def query_out(found: ObjectResults) -> QueryOut:
     )
 
 
-def search_out(found: SearchResults) -> SearchOut:
+def search_out(found: SearchResults, engine: Engine) -> SearchOut:
     took_ms = round(1000 * found.seconds, 2)
-    return SearchOut(queries=[query_out(obj) for obj in found.objects], took_ms=took_ms)
+    return SearchOut(
+        queries=[query_out(obj) for obj in found.objects],
+        took_ms=took_ms,
+        model=engine.model_token,
+        index=engine.index_token,
+    )
 
 
 def products_out(page: ProductPage) -> ProductsOut:
@@ -180,7 +191,8 @@ async def search(
     filters, near-duplicate listings collapsed into one result."""
     data = await image.read()
     wanted = product_filter(filters)
-    return search_out(await run_in_threadpool(engine.search, data, k, category, wanted))
+    found = await run_in_threadpool(engine.search, data, k, category, wanted)
+    return search_out(found, engine)
 
 
 @router.get(
@@ -205,7 +217,7 @@ async def similar(
     if found is None:
         live = engine.live_similar
         found = await run_in_threadpool(live, product_id, k, same_category, wanted)
-    return similar_json(found)
+    return similar_json(found, engine)
 
 
 # ---- products ----------------------------------------------------------------------------------

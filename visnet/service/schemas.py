@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from visnet.data.catalog import MAX_BRAND
+from visnet.feedback.events import BatchResult, EventProblem
 
 __all__ = [
     "CATEGORY_PATTERN",
@@ -21,8 +22,10 @@ __all__ = [
     "CategoriesOut",
     "CategoryOut",
     "DeletedOut",
-    "FacetsOut",
     "ErrorOut",
+    "EventsOut",
+    "EventsRefusedOut",
+    "FacetsOut",
     "FiltersIn",
     "HealthOut",
     "ProductOut",
@@ -55,6 +58,11 @@ Brand = Annotated[str, Field(min_length=1, max_length=MAX_BRAND)]
 class ErrorOut(BaseModel):
     error: str = Field(description="stable machine-readable code, e.g. unknown_product")
     message: str = Field(description="what went wrong and what to do, for people")
+
+
+QUERY_ID = "this result list's id: an impression and a click of it name it (`POST /v1/events`)"
+MODEL = "the fingerprint of the model that ranked the results, for impressions"
+INDEX = "the id of the index build that served them, for impressions"
 
 
 class FiltersIn(BaseModel):
@@ -98,6 +106,12 @@ class ResultOut(BaseModel):
 
 
 class QueryOut(BaseModel):
+    query_id: str = Field(description=QUERY_ID)
+    query_image: str | None = Field(
+        default=None,
+        description="the id of the crop searched, kept for feedback triplets (an impression's "
+        "`query_image`); null: crops are not kept",
+    )
     box: list[float] | None = Field(
         description="[x0, y0, x1, y1] in the photo's pixels; null: the whole photo"
     )
@@ -115,10 +129,15 @@ class QueryOut(BaseModel):
 class SearchOut(BaseModel):
     queries: list[QueryOut] = Field(description="one result list per detected object")
     took_ms: float
+    model: str = Field(description=MODEL)
+    index: str = Field(description=INDEX)
 
 
 class SimilarOut(BaseModel):
     product_id: str
+    query_id: str = Field(description=QUERY_ID)
+    model: str = Field(description=MODEL)
+    index: str = Field(description=INDEX)
     source: Literal["precomputed", "live"] = Field(
         description="the stored list computed at build or refresh time, or a search made now"
     )
@@ -126,6 +145,20 @@ class SimilarOut(BaseModel):
     duplicates: list[str] = Field(
         description="this product's other listings (the same picture under other ids, among "
         "the products searched), left out of the results"
+    )
+
+
+class EventsOut(BatchResult):
+    """The answer to a batch of which at least one event was logged: `rejected` names the
+    others (by their place in the batch), which are not logged and need not be sent again."""
+
+
+class EventsRefusedOut(ErrorOut):
+    """A batch of which nothing was logged (422): every event refused (`no_events_accepted`,
+    each named in `rejected`), or a body that is no batch (`invalid_batch`)."""
+
+    rejected: list[EventProblem] = Field(
+        default_factory=list, description="the events refused, by their place in the batch"
     )
 
 

@@ -15,6 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from visnet.feedback.events import EVENTS_FILE
 from visnet.index.duplicates import DUPLICATE_THRESHOLD
 from visnet.service.schemas import DEFAULT_K
 
@@ -114,9 +115,31 @@ class ServiceSettings(BaseSettings):
     # model calls (a search's detection and embedding, a write's embedding) waiting for one of
     # the model_workers slots; one more is answered 503 `busy` with Retry-After
     model_queue: int = Field(8, ge=1)
+    # Shopper events (POST /v1/events, logged in INDEX/events.sqlite). A body over
+    # max_event_bytes is refused (413) before it is read; each client address may send
+    # events_burst batches at once and events_rate more a second (429 with Retry-After past
+    # that): behind a reverse proxy every shopper shares its address, so raise both there.
+    max_event_bytes: int = Field(256 * 1024, ge=1024)
+    # the event log; default INDEX/events.sqlite. Replicas on one machine (one file system:
+    # SQLite's locks do not hold over a network one) may share one, so one report compares them.
+    events_file: Path | None = None
+    events_rate: float = Field(2.0, gt=0.0)  # batches a second per client address
+    events_burst: int = Field(30, ge=1)  # batches a client address may send at once
+    # Keep each searched crop (shrunk to 512 px, INDEX/queries/) so `visnet triplets feedback`
+    # can make triplets from clicks on search results; crops unused for query_crop_max_age_days
+    # are removed at startup and as crops are added, the oldest first past query_crop_max_bytes.
+    keep_query_crops: bool = True
+    query_crop_max_age_days: float = Field(30.0, gt=0.0)
+    query_crop_max_bytes: int = Field(2 * 1024**3, ge=1)
 
     @field_validator(
-        "index", "review_queue", "review_root", "detector", "catalog_root", "samples_dir"
+        "index",
+        "review_queue",
+        "review_root",
+        "detector",
+        "catalog_root",
+        "samples_dir",
+        "events_file",
     )
     @classmethod
     def _expand_user(cls, path: Path | None) -> Path | None:
@@ -137,6 +160,11 @@ class ServiceSettings(BaseSettings):
     @property
     def writes_enabled(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def events_path(self) -> Path:
+        """The shopper event log: ``events_file``, else the index folder's ``events.sqlite``."""
+        return self.events_file if self.events_file is not None else self.index / EVENTS_FILE
 
     @property
     def samples_folder(self) -> Path:

@@ -2,6 +2,7 @@
 // product view with "more like this", filters (price, brand, stock) on both, one card for a
 // picture listed under several ids ("N more listings"), triplet review.
 // Plain JavaScript, no build step. Every value from the server goes in as text, never as HTML.
+// The result lists shown and the results opened go to the click-through log (events.js).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -171,7 +172,8 @@ function listings(ids, what = "more listing") {
   return el("details", { class: "listings" }, summary, el("ul", {}, ...links));
 }
 
-function productCard(result) {
+// `index`: the result's place in a ranked list (its card's data-position, for click events).
+function productCard(result, index) {
   const id = result.product_id;
   const image = result.image_url
     ? el("img", { src: result.image_url, alt: result.title || `product ${id}`, loading: "lazy" })
@@ -179,7 +181,12 @@ function productCard(result) {
   const sub = typeof result.score === "number" ? `${result.category} · ${score(result.score)}` : result.category;
   const card = el(
     "a",
-    { class: "card", href: productHash(id), "data-product-id": id },
+    {
+      class: "card",
+      href: productHash(id),
+      "data-product-id": id,
+      "data-position": typeof index === "number" ? index + 1 : null,
+    },
     image,
     el("div", { class: "title", title: result.title || id }, result.title || id),
     el("div", { class: "sub" }, sub),
@@ -187,6 +194,11 @@ function productCard(result) {
   );
   const others = result.duplicates || [];
   return others.length ? el("div", { class: "result" }, card, listings(others)) : card;
+}
+
+// A result list to the click-through log (events.js); a page without that script still works.
+function logShown(list) {
+  if (typeof shopperEvents !== "undefined") shopperEvents.shown(list);
 }
 
 function listing(product) {
@@ -537,12 +549,22 @@ function renderSearch(data) {
     const title = query.box ? `${objectName(query, index)} (${score(query.score)})` : "Results";
     const filter = query.category && !query.box ? ` in ${query.category}` : ""; // else in the name
     const heading = el("h2", { id: `object-${index}`, tabindex: "-1" }, title + filter);
-    const grid = el("div", { class: "grid" }, ...query.results.map(productCard));
+    const grid = el("div", { class: "grid", "data-query-id": query.query_id }, ...query.results.map(productCard));
     const empty = query.results.length ? null : el("p", { class: "meta" }, "No products found.");
     const attrs = { class: "object", id: `object-list-${index}`, "data-index": index, "aria-labelledby": `object-${index}` };
     return el("section", attrs, heading, grid, empty);
   });
   $("results").replaceChildren(...sections);
+  for (const query of data.queries) {
+    logShown({
+      kind: "search",
+      queryId: query.query_id,
+      model: data.model,
+      index: data.index,
+      queryImage: query.query_image,
+      products: query.results.map((result) => result.product_id),
+    });
+  }
   const buttons = pickable
     ? data.queries.map((query, index) =>
         el("button", { type: "button", "data-index": index, "aria-pressed": "false", "aria-controls": `object-list-${index}` },
@@ -718,6 +740,15 @@ async function loadSimilar(id) {
   $("similar").replaceChildren(...cards(data.results, "Nothing similar yet."));
   $("similar").removeAttribute("aria-busy");
   $("similar").dataset.source = data.source;
+  $("similar").dataset.queryId = data.query_id || "";
+  logShown({
+    kind: "similar",
+    queryId: data.query_id,
+    model: data.model,
+    index: data.index,
+    anchor: data.product_id,
+    products: data.results.map((result) => result.product_id),
+  });
   const own = data.duplicates || [];
   $("listings").replaceChildren(...(own.length ? [listings(own, "more listing")] : []));
   $("listings").hidden = own.length === 0;
