@@ -1,7 +1,7 @@
 """Closing the loop, simulated: shoppers' clicks logged, turned into triplets, the model retrained.
 
-    .venv/bin/python benchmarks/click_sim.py --data data/demo --work runs/click-sim   # full
-    .venv/bin/python benchmarks/click_sim.py --products 200 --steps 300 --work /tmp/click-sim
+    .venv/bin/python benchmarks/feedback.py --data data/demo --work runs/click-sim   # full
+    .venv/bin/python benchmarks/feedback.py --products 200 --steps 300 --work /tmp/click-sim
 
 1. Carve. From the set (all of it, or `--products` drawn as whole colour-variant groups), a
    feedback split is taken out of the train split before any training: `--feedback` of the
