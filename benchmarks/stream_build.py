@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/stream_build.py --n 200000 --workdir runs/stream-build
 
-A catalog CSV of `--n` products (one view each, as a CSV catalog holds; `--categories` categories) and the
-feature-vector job's shards for it (`--dim`-D clustered unit vectors from `_vectors.py`, as a
-finished `visnet embed` leaves them) are written once under `--workdir`; then, each in a fresh
-process so its peak RSS is its own, the index is built from them to `--out-dim` (PCA) twice:
+A catalog CSV of `--n` products (one view each, as a CSV catalog holds; `--categories`
+categories) and the feature-vector job's shards for it (`--dim`-D clustered unit vectors from
+`_vectors.py`, as a finished `visnet embed` leaves them) are written once under `--workdir`;
+then, each in a fresh process so its peak RSS is its own, the index is built from them to
+`--out-dim` (PCA) twice:
 
 - streamed: as `visnet index build --embeddings DIR` does now (`open_shards`: shards
   memory-mapped, the PCA fitted on a sample of at most `PCA_SAMPLE` rows, products ingested a

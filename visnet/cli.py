@@ -506,13 +506,39 @@ def embed_command(
     ),
     shard_size: int = typer.Option(1024, help="Vectors per shard."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
+    engine: str = typer.Option(
+        "local",
+        help="local (this process) or ray (Ray Data actors on the cluster at --ray-address or "
+        "RAY_ADDRESS, else a local Ray instance; backend auto means onnx there).",
+    ),
+    workers: int = typer.Option(2, help="Ray: actors, each holding the model."),
+    cpus_per_worker: float = typer.Option(1.0, help="Ray: CPUs of each actor."),
+    ray_address: str | None = typer.Option(None, help="Ray: the cluster (auto, ray://...)."),
 ) -> None:
-    """Embed every catalog view into resumable vector shards (rerun to resume)."""
-    from visnet.embed.job import run_embed_job
+    """Embed every catalog view into resumable vector shards (rerun to resume; either engine
+    resumes the other's shards)."""
+    from visnet.embed.job import local_engine, run_embed_job
 
+    if engine not in ("local", "ray"):
+        _fail(f"unknown engine {engine!r}; use local or ray")
     try:
+        run = local_engine
+        if engine == "ray":
+            from visnet.embed.ray_engine import RayEngine, RaySettings
+
+            backend = "onnx" if backend == "auto" else backend
+            run = RayEngine(
+                RaySettings(
+                    model,
+                    backend=backend,  # type: ignore[arg-type]  # checked by create_embedder
+                    workers=workers,
+                    cpus_per_worker=cpus_per_worker,
+                    batch_size=batch_size,
+                    address=ray_address,
+                )
+            )
         embedder = _embedder(model, backend, batch_size)
-        manifest = run_embed_job(catalog, embedder, out, shard_size=shard_size)
+        manifest = run_embed_job(catalog, embedder, out, shard_size=shard_size, engine=run)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     summary = {k: v for k, v in manifest.items() if k != "skipped"}
@@ -749,12 +775,19 @@ def index_build(
     out: Path = typer.Option(..., "--out", help="The index folder to write."),
     dim: int = typer.Option(512, help="PCA dimension (0: keep the full embedding)."),
     precompute: int = typer.Option(20, help="Precompute this many recommendations a product."),
+    embeddings: Path | None = typer.Option(
+        None,
+        "--embeddings",
+        help="Embed into resumable shards in DIR (or reuse those `visnet embed` wrote there) and "
+        "stream the build from them; past 500,000 views OUT.embeddings is used anyway.",
+    ),
 ) -> None:
     """Embed the catalog, fit the PCA, ingest every product and precompute recommendations."""
     from visnet.index.build import build_index
 
     try:
-        summary = build_index(catalog, _embedder(model, "auto", 64), out, dim, None, precompute)
+        embedder = _embedder(model, "auto", 64)
+        summary = build_index(catalog, embedder, out, dim, embeddings, precompute)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     skipped = summary.pop("skipped_images")

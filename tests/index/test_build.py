@@ -227,3 +227,20 @@ def test_shard_vectors_gather_rows_across_shards(tmp_path: Path) -> None:
     np.testing.assert_array_equal(mapped[picks], whole[picks])
     with pytest.raises(IndexError):
         mapped[[len(rows)]]
+
+
+def test_cli_index_build_takes_an_embeddings_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from visnet.cli import app
+
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=2)
+    args = ["index", "build", "--catalog", str(root), "--model", "colour-histogram", "--dim", "0"]
+    out = tmp_path / "index"
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(out), "--embeddings", str(tmp_path / "e")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "e" / "manifest.json").is_file()
+    assert json.loads((out / "build.json").read_text())["vectors"] == len(read_set(root).shop)

@@ -15,6 +15,7 @@ import pytest
 from visnet.index import CatalogIndex, EmbeddedStore, Product, StoreSettings, l2_normalise
 from visnet.index.compressed import CompressedParams
 from visnet.index.partitions import ExactPartition
+from visnet.index.stores import StoreChoice
 from visnet.index.wal import WriteAheadLog
 
 CHILD = """
@@ -177,9 +178,12 @@ def test_a_crash_inside_a_snapshot_leaves_a_loadable_image(
     reopened.close()
 
 
-def test_an_interrupted_catalog_write_is_repaired_on_open(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("engine", ["embedded", "milvus"])
+def test_an_interrupted_catalog_write_is_repaired_on_open(tmp_path, monkeypatch, engine) -> None:
+    """Both stores: the product database's pending ids repair the vector store on open."""
+    store = StoreChoice(store=engine, milvus_uri=str(tmp_path / "lite.db"))  # type: ignore[arg-type]
     index = CatalogIndex.create(tmp_path / "ix", model_fingerprint="m", model_name="t",
-                                embedding_dim=16)  # fmt: skip
+                                embedding_dim=16, store=store)  # fmt: skip
     index.upsert(Product("a", "x"), views_of(0))
 
     def crash(*args: object) -> None:

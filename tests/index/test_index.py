@@ -1,8 +1,11 @@
-"""The embedded store and the catalog index against naive exact references."""
+"""The vector stores (embedded, and Milvus Lite) and the catalog index against naive exact
+references: the store protocol's tests run on every store kind."""
 
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -21,9 +24,18 @@ from visnet.index import (
     l2_normalise,
 )
 from visnet.index.compressed import CompressedParams
+from visnet.index.milvus import MilvusSettings, MilvusStore
 from visnet.index.products import ProductFilter
+from visnet.index.stores import StoreChoice
 
 KINDS = ["exact", "hnsw", "compressed"]
+# The store protocol's tests also run on Milvus Lite (a local file, in this process): its
+# default (FLAT, exact, category filtered by expression) and a cluster's schema (HNSW, the
+# category as partition key); the catalog's tests on the default
+MILVUS = ["milvus", "milvus-hnsw"]
+STORES = [*KINDS, *MILVUS]
+EXACT = {"exact", "milvus"}
+CATALOG_KINDS = [*KINDS, "milvus"]
 # Tiny data must reach the compressed kind's IVF: train it from 32 vectors
 TINY_COMPRESSED = CompressedParams(min_train=32)
 
@@ -46,6 +58,35 @@ def settings(kind: str, **kw: object) -> StoreSettings:
 
 def store(kind: str, dim: int = 16, **kw: object) -> EmbeddedStore:
     return EmbeddedStore(dim, settings=settings(kind, **kw))
+
+
+@pytest.fixture(scope="module")
+def lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One Milvus Lite database for the module; each store gets its own collection."""
+    return str(tmp_path_factory.mktemp("milvus") / "lite.db")
+
+
+def milvus_settings(uri: str, kind: str) -> MilvusSettings:
+    if kind == "milvus-hnsw":
+        return MilvusSettings(uri, index_type="HNSW", partition_key=True)
+    return MilvusSettings(uri)
+
+
+@pytest.fixture
+def make_store(lite_uri: str) -> Iterator[Callable[..., VectorStore]]:
+    """``make_store(kind, dim=16, **settings)``: an empty store of that kind (dropped after)."""
+    made: list[MilvusStore] = []
+
+    def make(kind: str, dim: int = 16, **kw: object) -> VectorStore:
+        if kind not in MILVUS:
+            return store(kind, dim, **kw)
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        made.append(MilvusStore.create(dim, milvus_settings(lite_uri, kind), name, {}))
+        return made[-1]
+
+    yield make
+    for milvus in made:
+        milvus.drop()
 
 
 # ---- the store -------------------------------------------------------------------------------
@@ -78,10 +119,10 @@ def test_auto_kind_switches_to_hnsw_past_the_threshold() -> None:
     assert s.search(x[5], 1)[0][0, 0] == 85
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_upsert_and_delete_are_visible_at_once(kind: str) -> None:
+@pytest.mark.parametrize("kind", STORES)
+def test_upsert_and_delete_are_visible_at_once(kind: str, make_store) -> None:
     rng = np.random.default_rng(2)
-    s = store(kind)
+    s = make_store(kind)
     x = clustered(50, 16, rng)
     s.upsert(np.arange(50), x, ["a"] * 50)
     new = clustered(1, 16, rng)
@@ -93,10 +134,10 @@ def test_upsert_and_delete_are_visible_at_once(kind: str) -> None:
         s.get(np.array([1000]))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_update_replaces_the_vector_and_can_move_category(kind: str) -> None:
+@pytest.mark.parametrize("kind", STORES)
+def test_update_replaces_the_vector_and_can_move_category(kind: str, make_store) -> None:
     rng = np.random.default_rng(3)
-    s = store(kind)
+    s = make_store(kind)
     x = clustered(40, 16, rng)
     s.upsert(np.arange(40), x, ["a"] * 40)
     moved = clustered(1, 16, rng)
@@ -109,12 +150,12 @@ def test_update_replaces_the_vector_and_can_move_category(kind: str) -> None:
     assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_category_filter_and_global_search_match_naive(kind: str) -> None:
+@pytest.mark.parametrize("kind", STORES)
+def test_category_filter_and_global_search_match_naive(kind: str, make_store) -> None:
     rng = np.random.default_rng(4)
     x, ids = clustered(600, 16, rng), np.arange(600, dtype=np.int64) + 10
     cats = np.array(["tops", "shoes", "bags"])[rng.integers(0, 3, 600)]
-    s = store(kind)
+    s = make_store(kind)
     s.upsert(ids, x, cats.tolist())
     queries = clustered(20, 16, rng)
     for category in ["tops", "shoes", None]:
@@ -123,12 +164,12 @@ def test_category_filter_and_global_search_match_naive(kind: str) -> None:
         for q, query in enumerate(queries):
             expected = naive_topk(x[rows], ids[rows], query, 10)
             overlap = len(set(found[q]) & set(expected)) / 10
-            assert overlap == 1.0 if kind == "exact" else overlap >= 0.9
+            assert overlap == 1.0 if kind in EXACT else overlap >= 0.9
             assert set(found[q]) <= set(ids[rows])
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_filter_most_products_fail_still_gives_k_results_all_in_it(kind: str) -> None:
+@pytest.mark.parametrize("kind", STORES)
+def test_a_filter_most_products_fail_still_gives_k_results_all_in_it(kind: str, make_store) -> None:
     # 3,000 products, 1% of them in the filtered category, and queries near the other 99%: a
     # post-filtered global search would come back short; every result must be in the filter
     rng = np.random.default_rng(7)
@@ -136,7 +177,7 @@ def test_a_filter_most_products_fail_still_gives_k_results_all_in_it(kind: str) 
     cats = np.where(rng.random(3000) < 0.01, "rare", "common")
     rare = ids[cats == "rare"]
     assert 10 < len(rare) < 60
-    s = store(kind)
+    s = make_store(kind)
     s.upsert(ids, x, cats.tolist())
     queries = x[cats == "common"][:20]
     found, _scores = s.search(queries, 10, "rare")
@@ -146,8 +187,9 @@ def test_a_filter_most_products_fail_still_gives_k_results_all_in_it(kind: str) 
         assert len(set(found[q].tolist()) & set(expected)) >= 9
 
 
-def test_empty_store_and_unknown_category_give_padding() -> None:
-    s = store("auto")
+@pytest.mark.parametrize("kind", ["auto", *MILVUS])
+def test_empty_store_and_unknown_category_give_padding(kind: str, make_store) -> None:
+    s = make_store(kind)
     ids, scores = s.search(np.ones((2, 16), np.float32) / 4, 5)
     assert ids.shape == (2, 5) and (ids == -1).all() and np.isneginf(scores).all()
     s.upsert(np.array([1]), l2_normalise(np.ones((1, 16))), ["a"])
@@ -156,8 +198,9 @@ def test_empty_store_and_unknown_category_give_padding() -> None:
     assert (s.search(np.ones(16) / 4, 3, category="nope")[0] == -1).all()
 
 
-def test_bad_input_is_refused_with_the_shape() -> None:
-    s = store("exact")
+@pytest.mark.parametrize("kind", ["exact", *MILVUS])
+def test_bad_input_is_refused_with_the_shape(kind: str, make_store) -> None:
+    s = make_store(kind)
     assert isinstance(s, VectorStore)
     with pytest.raises(ValueError, match=r"\(2, 16\)"):
         s.upsert(np.arange(2), np.ones((2, 8), np.float32), ["a", "a"])
@@ -165,13 +208,15 @@ def test_bad_input_is_refused_with_the_shape() -> None:
         s.upsert(np.arange(1), np.ones((1, 16), np.float32), ["a"])
     with pytest.raises(ValueError, match=r"\(m, 16\)"):
         s.search(np.ones((1, 3)), 1)
-    with pytest.raises(StoreError, match="in-memory"):
-        s.snapshot()
+    if isinstance(s, EmbeddedStore):
+        with pytest.raises(StoreError, match="in-memory"):
+            s.snapshot()
 
 
-def test_searches_run_safely_beside_writes() -> None:
+@pytest.mark.parametrize("kind", ["hnsw", *MILVUS])
+def test_searches_run_safely_beside_writes(kind: str, make_store) -> None:
     rng = np.random.default_rng(5)
-    s = store("hnsw")
+    s = make_store(kind)
     s.upsert(np.arange(200), clustered(200, 16, rng), ["a"] * 200)
     errors: list[BaseException] = []
 
@@ -250,9 +295,13 @@ def test_pca_is_scikit_learns(tmp_path) -> None:
 
 
 def catalog(path, dim: int = 16, pca=None, kind: str = "exact", **kw: object) -> CatalogIndex:
+    """A new catalog index; kind ``milvus``: its vectors in Milvus Lite beside ``path``."""
+    milvus = kind == "milvus"
+    choice = StoreChoice(store="milvus", milvus_uri=str(path.parent / "lite.db"))
     return CatalogIndex.create(
         path, model_fingerprint="m1", model_name="tiny", embedding_dim=dim, pca=pca,
-        settings=settings(kind), **kw,  # type: ignore[arg-type]
+        settings=settings("exact" if milvus else kind),
+        store=choice if milvus else StoreChoice(store="embedded"), **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -270,7 +319,7 @@ def naive_similar(embeddings: dict, pid: str, k: int, allowed: set[str]) -> list
     return [o for o, _ in sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CATALOG_KINDS)
 def test_similar_excludes_itself_and_collapses_views(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(7)
     index = catalog(tmp_path / "ix", kind=kind)
@@ -291,7 +340,7 @@ def test_similar_excludes_itself_and_collapses_views(tmp_path, kind: str) -> Non
     index.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CATALOG_KINDS)
 def test_precompute_goes_in_batches_and_resumes_after_an_interruption(
     tmp_path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -330,9 +379,10 @@ def test_precompute_goes_in_batches_and_resumes_after_an_interruption(
     index.close()
 
 
-def test_catalog_writes_are_visible_in_the_next_query(tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["exact", "milvus"])
+def test_catalog_writes_are_visible_in_the_next_query(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(8)
-    index = catalog(tmp_path / "ix")
+    index = catalog(tmp_path / "ix", kind=kind)
     emb = fill(index, rng, n=10)
     new = clustered(2, 16, rng)
     index.upsert(Product("p03", "a", title="changed"), new)  # update: new views, new category
@@ -349,8 +399,9 @@ def test_catalog_writes_are_visible_in_the_next_query(tmp_path) -> None:
     index.close()
 
 
-def test_empty_catalog_gives_empty_results(tmp_path) -> None:
-    index = catalog(tmp_path / "ix")
+@pytest.mark.parametrize("kind", ["exact", "milvus"])
+def test_empty_catalog_gives_empty_results(tmp_path, kind: str) -> None:
+    index = catalog(tmp_path / "ix", kind=kind)
     assert index.search(np.ones(16), 5) == [] and index.search(np.ones(16), 5, "a") == []
     assert index.precompute_similar() == 0
     index.upsert(Product("only", "a"), np.ones((2, 16)))
@@ -430,7 +481,7 @@ FILTERS = {
 }
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CATALOG_KINDS)
 @pytest.mark.parametrize("name", sorted(FILTERS))
 def test_an_attribute_filter_gives_k_results_that_pass_it_as_a_naive_search_does(
     tmp_path, kind: str, name: str
@@ -459,7 +510,7 @@ def test_an_attribute_filter_gives_k_results_that_pass_it_as_a_naive_search_does
         ):  # fmt: skip
             ids = [h.product_id for h in found]
             assert len(ids) == len(expected) >= 5 and {p.id for p in passing} >= set(ids)
-            if kind == "exact" or name == "narrow":  # a narrow filter is searched exactly
+            if kind in EXACT or name == "narrow":  # a narrow filter is searched exactly
                 assert ids == expected
             else:
                 assert len(set(ids) & set(expected)) >= 9

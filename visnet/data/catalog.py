@@ -2,7 +2,8 @@
 
     CSV    header `id,category,image,title[,more...]`; extra columns become attributes
     JSONL  one object a line with the same keys; extra keys and an "attributes" object -> attributes
-    folder ROOT/<category>/<name>.<ext>; id = "<category>.<name>" (a slug); title = name, _ and - as spaces
+    folder ROOT/<category>/<name>.<ext>; id = "<category>.<name>" (slugged); title = name
+           (_ and - as spaces)
 
 Three attributes are what a shop filters on, checked and also kept as typed fields (an empty
 value: not known): `price` (a number >= 0, such as 12.5), `brand` (text) and `in_stock`

@@ -1,8 +1,10 @@
 """The feature-vector job: catalog views -> embeddings, written as resumable shards.
 
 Catalog rows go through the embedding pipeline (`visnet.embed.pipeline`: parallel decode,
-batched embedding, bad images skipped and counted); the writer here puts out one `.npy` shard
-and its `.json` rows at a time, each moved into place when complete.
+batched embedding, bad images skipped and counted), in this process or on Ray actors (an
+`Engine`: `local_engine`, or `visnet.embed.ray_engine.RayEngine`); the writer here puts out one
+`.npy` shard and its `.json` rows at a time, rows in catalog order, each moved into place when
+complete.
 
     OUT/shard-00000.npy        float32 (n, dim), unit rows
     OUT/shard-00000.json       {"rows": [{"vector_id", "product", "category", "image"}, ...],
@@ -14,6 +16,7 @@ A rerun with the same model skips the shards already written (resume after a kil
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,36 +82,40 @@ def _skip(rows: list[CatalogRow], skipped: Skipped) -> dict[str, str]:
 
 
 class _ShardWriter:
-    """The job's writer: gathers pipeline batches by shard and writes each shard once whole."""
+    """The job's writer: gathers batches by shard and writes each shard once whole, its rows in
+    catalog order whatever order the batches came in (an engine may finish them out of order)."""
 
     def __init__(
         self, out: Path, rows: list[CatalogRow], shard_size: int, embedder: Embedder
     ) -> None:
         self.out, self.rows, self.shard_size = out, rows, shard_size
         self.name, self.dim = embedder.name, embedder.dim
-        self.parts: dict[int, tuple[list[np.ndarray], list[CatalogRow], list[dict]]] = {}
+        # shard -> (embedded keys, their vectors, skipped keys and what went wrong)
+        self.parts: dict[int, tuple[list[int], list[np.ndarray], list[tuple[int, dict]]]] = {}
         self.seen: dict[int, int] = {}
 
     def write(self, batch: Batch) -> None:
         for key, vector in zip(batch.keys, batch.vectors[self.name], strict=True):
-            vectors, kept, _ = self._part(key)
+            keys, vectors, _ = self._part(key)
+            keys.append(key)
             vectors.append(vector)
-            kept.append(self.rows[key])
             self._done_one(key)
         for skipped in batch.skipped:
-            self._part(skipped.key)[2].append(_skip(self.rows, skipped))
+            self._part(skipped.key)[2].append((skipped.key, _skip(self.rows, skipped)))
             self._done_one(skipped.key)
 
-    def _part(self, key: int) -> tuple[list[np.ndarray], list[CatalogRow], list[dict]]:
+    def _part(self, key: int) -> tuple[list[int], list[np.ndarray], list[tuple[int, dict]]]:
         return self.parts.setdefault(key // self.shard_size, ([], [], []))
 
     def _done_one(self, key: int) -> None:
         shard = key // self.shard_size
         self.seen[shard] = self.seen.get(shard, 0) + 1
         if self.seen[shard] == min(self.shard_size, len(self.rows) - shard * self.shard_size):
-            vectors, kept, skipped = self.parts.pop(shard)  # every row embedded or skipped
-            stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
-            _write_shard(self.out, shard, stacked, kept, skipped)
+            keys, vectors, skipped = self.parts.pop(shard)  # every row embedded or skipped
+            order = np.argsort(keys, kind="stable")
+            stacked = np.stack(vectors)[order] if vectors else np.zeros((0, self.dim), np.float32)
+            kept = [self.rows[keys[i]] for i in order]
+            _write_shard(self.out, shard, stacked, kept, [s for _, s in sorted(skipped)])
 
 
 def _write_shard(out: Path, index: int, vectors: np.ndarray, kept: list, skipped: list) -> None:
@@ -119,14 +126,31 @@ def _write_shard(out: Path, index: int, vectors: np.ndarray, kept: list, skipped
     write_json_atomic(f"{stem}.json", {"rows": [asdict(r) for r in kept], "skipped": skipped})
 
 
+# How a job's batches are embedded: (items still to do, the job's embedder, pipeline settings)
+# -> batches, in any order. The local engine is the embedding pipeline in this process; the Ray
+# engine (`visnet.embed.ray_engine`) runs it on actors across a Ray cluster.
+Engine = Callable[[list[Item], Embedder, PipelineSettings], Iterable[Batch]]
+
+
+def local_engine(
+    items: list[Item], embedder: Embedder, settings: PipelineSettings
+) -> Iterator[Batch]:
+    """The embedding pipeline in this process (threaded decode, batched embedding)."""
+    return run_pipeline(items, {embedder.name: embedder}, settings)
+
+
 def run_embed_job(
     source: str | Path,
     embedder: Embedder,
     out: str | Path,
     shard_size: int = 1024,
     settings: PipelineSettings | None = None,
+    engine: Engine = local_engine,
 ) -> dict[str, Any]:
-    """Embed every catalog view of `source` into shards under `out`; return the manifest."""
+    """Embed every catalog view of `source` into shards under `out`; return the manifest.
+
+    `engine` embeds the views still to do (`local_engine`, or a `RayEngine`); either writes the
+    same shards, so `visnet index build` reads either, and either resumes the other's run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = embedder_fingerprint(embedder)
@@ -144,7 +168,7 @@ def run_embed_job(
     ]
     writer = _ShardWriter(out, rows, shard_size, embedder)
     settings = settings or PipelineSettings(desc="embed", progress=True)
-    for batch in run_pipeline(todo, {embedder.name: embedder}, settings):
+    for batch in engine(todo, embedder, settings):
         writer.write(batch)
     return _write_manifest(out, embedder, fingerprint, shards, len(rows))
 

@@ -74,7 +74,11 @@ def checkpoint_path(name: str) -> Path | None:
 
 
 def create_embedder(
-    name: str | Path, backend: Backend = "torch", batch_size: int = 64, **kwargs: Any
+    name: str | Path,
+    backend: Backend = "torch",
+    batch_size: int = 64,
+    threads: int = 0,
+    **kwargs: Any,
 ) -> Embedder:
     """The embedder `name` names (module docstring). Unknown names raise ValueError listing the
     known ones; a named file that is missing raises FileNotFoundError.
@@ -86,7 +90,8 @@ def create_embedder(
     float32), else `onnx` (EfficientNet's
     depthwise convolutions: onnxruntime is 1.8x torch's bfloat16). The rule depends only on the
     model and the CPU, so eval and serving on one machine run the same arithmetic.
-    An `.onnx` file always runs on onnxruntime. `kwargs` go to a registered baseline.
+    An `.onnx` file always runs on onnxruntime. `threads`: onnxruntime's intra-op threads (0:
+    every core; a Ray worker sets its share). `kwargs` go to a registered baseline.
     """
     name = str(name)
     if backend not in BACKENDS:
@@ -94,16 +99,16 @@ def create_embedder(
     if name in _FACTORIES:
         return _FACTORIES[name](**kwargs)
     if name.endswith(".onnx"):
-        return _onnx(_existing(Path(name).expanduser(), "ONNX model"), batch_size)
+        return _onnx(_existing(Path(name).expanduser(), "ONNX model"), batch_size, threads)
     path = checkpoint_path(name)
     if path is not None:
-        return _checkpoint(_existing(path, "checkpoint"), backend, batch_size)
+        return _checkpoint(_existing(path, "checkpoint"), backend, batch_size, threads)
     from visnet.model.visnet import pretrained_backbones
 
     if name in pretrained_backbones():
         return _frozen_pretrained(name, batch_size)
     if Path(name).expanduser().is_file():  # a checkpoint under another file name
-        return _checkpoint(Path(name).expanduser(), backend, batch_size)
+        return _checkpoint(Path(name).expanduser(), backend, batch_size, threads)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(known_embedders())}")
 
 
@@ -142,13 +147,13 @@ def _existing(path: Path, what: str) -> Path:
     return path
 
 
-def _onnx(path: Path, batch_size: int) -> Embedder:
+def _onnx(path: Path, batch_size: int, threads: int = 0) -> Embedder:
     from visnet.embed.onnx import OnnxEmbedder
 
-    return OnnxEmbedder(path, batch_size=batch_size)
+    return OnnxEmbedder(path, batch_size=batch_size, threads=threads)
 
 
-def _checkpoint(path: Path, backend: Backend, batch_size: int) -> Embedder:
+def _checkpoint(path: Path, backend: Backend, batch_size: int, threads: int = 0) -> Embedder:
     from visnet.model.embedder import ModelEmbedder, grouped_convolutions, native_bfloat16
 
     if backend in ("torch", "torch-bf16") or (backend == "auto" and native_bfloat16()):
@@ -158,7 +163,7 @@ def _checkpoint(path: Path, backend: Backend, batch_size: int) -> Embedder:
         if backend != "auto" or not grouped_convolutions(torch_embedder.model):
             log.info("%s: torch, %s", path, torch_embedder.precision)
             return torch_embedder
-    return _onnx(_exported(path), batch_size)
+    return _onnx(_exported(path), batch_size, threads)
 
 
 def onnx_cache_dir() -> Path:

@@ -19,11 +19,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from visnet.index.duplicates import DUPLICATE_THRESHOLD, collapse
-from visnet.index.embedded import EmbeddedStore, StoreSettings
+from visnet.index.embedded import StoreSettings
 from visnet.index.partitions import exact_topk
 from visnet.index.pca import PCA, l2_normalise
 from visnet.index.products import Facets, Product, ProductFilter, ProductStore, Recommended
 from visnet.index.protocol import IndexMismatchError, VectorStore
+from visnet.index.stores import StoreChoice, open_store, store_manifest
 from visnet.io import write_json_atomic
 
 __all__ = ["CatalogIndex", "Hit", "LookAlikes"]
@@ -100,7 +101,8 @@ class CatalogIndex:
         manifest.json      model name and fingerprint, dims, PCA fingerprint, store settings, counts
         pca.npy            the PCA (absent when vectors are indexed at the model's own dimension)
         products.sqlite    products, vector id -> product id, pending vector ids, recommendations
-        vectors/           the embedded vector store (snapshot + write-ahead log)
+        vectors/           the embedded vector store (snapshot + write-ahead log), or none: the
+                           manifest names the Milvus collection that holds them (`stores.py`)
 
     A product write touches two stores, ordered so that a crash between any two steps is repaired at
     the next open: reserve fresh vector ids (recorded as pending) -> upsert them into the vector
@@ -142,14 +144,16 @@ class CatalogIndex:
         pca: PCA | None = None,
         settings: StoreSettings | None = None,
         duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
+        store: StoreChoice | None = None,
     ) -> CatalogIndex:
-        """Make a new, empty index folder for vectors of one model (and PCA)."""
+        """Make a new, empty index folder for vectors of one model (and PCA), in the store
+        ``store`` names (default: from the ``VISNET_STORE*`` variables, `visnet.index.stores`)."""
         path = Path(path)
         if (path / MANIFEST).exists():
             raise FileExistsError(f"{path} already holds an index; use CatalogIndex.open")
         if pca is not None and pca.in_dim != embedding_dim:
             raise ValueError(f"PCA takes {pca.in_dim}-D input; the model gives {embedding_dim}-D")
-        settings = settings or StoreSettings()
+        settings, choice = settings or StoreSettings(), store or StoreChoice()
         path.mkdir(parents=True, exist_ok=True)
         if pca is not None:
             pca.save(path)
@@ -161,12 +165,12 @@ class CatalogIndex:
             "embedding_dim": embedding_dim,
             "pca": {"fingerprint": pca.fingerprint, "dim": pca.out_dim} if pca else None,
             "vector_dim": pca.out_dim if pca else embedding_dim,
-            "store": settings.to_manifest(),
+            "store": store_manifest(choice, settings),
             "counts": {},
             "created": _now(),
             "updated": _now(),
         }
-        index = cls._assemble(path, manifest, settings, duplicate_threshold)
+        index = cls._assemble(path, manifest, settings, duplicate_threshold, choice, create=True)
         index._write_manifest()
         return index
 
@@ -180,6 +184,7 @@ class CatalogIndex:
         settings: StoreSettings | None = None,
         model: str | None = None,
         duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
+        store: StoreChoice | None = None,
     ) -> CatalogIndex:
         """Open an index folder, refusing one built by another model or (if given) PCA.
 
@@ -192,12 +197,7 @@ class CatalogIndex:
         if pca_fingerprint is not None and saved != pca_fingerprint:
             expected = f"fingerprint {saved}" if saved else "none (full-dimension vectors)"
             raise _mismatch(path, "PCA", expected, f"fingerprint {pca_fingerprint}")
-        return cls._assemble(
-            path,
-            manifest,
-            settings or StoreSettings.from_manifest(manifest["store"]),
-            duplicate_threshold,
-        )
+        return cls._assemble(path, manifest, settings, duplicate_threshold, store)
 
     @classmethod
     def open_or_create(
@@ -209,6 +209,7 @@ class CatalogIndex:
         embedding_dim: int,
         pca: PCA | None = None,
         settings: StoreSettings | None = None,
+        store: StoreChoice | None = None,
     ) -> CatalogIndex:
         """``open`` (checking the model and the given PCA) if the folder holds an index, else
         ``create``."""
@@ -219,6 +220,7 @@ class CatalogIndex:
                 model_fingerprint=model_fingerprint,
                 pca_fingerprint=fingerprint,
                 settings=settings,
+                store=store,
             )
         return cls.create(
             path,
@@ -227,6 +229,7 @@ class CatalogIndex:
             embedding_dim=embedding_dim,
             pca=pca,
             settings=settings,
+            store=store,
         )
 
     @classmethod
@@ -234,8 +237,10 @@ class CatalogIndex:
         cls,
         path: Path,
         manifest: dict,
-        settings: StoreSettings,
+        settings: StoreSettings | None,
         duplicate_threshold: float | None = DUPLICATE_THRESHOLD,
+        choice: StoreChoice | None = None,
+        create: bool = False,
     ) -> CatalogIndex:
         pca = PCA.load(path) if manifest["pca"] else None
         if pca is not None and pca.fingerprint != manifest["pca"]["fingerprint"]:
@@ -245,7 +250,8 @@ class CatalogIndex:
                 manifest["pca"]["fingerprint"],
                 f"{pca.fingerprint} in pca.npy (the file was changed)",
             )
-        store = EmbeddedStore(manifest["vector_dim"], path / "vectors", settings)
+        choice = choice or StoreChoice()
+        store = open_store(path / "vectors", manifest, choice, settings, create)
         products = ProductStore(path / "products.sqlite")
         return cls(path, manifest, store, products, pca, duplicate_threshold)
 

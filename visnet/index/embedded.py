@@ -295,12 +295,6 @@ class EmbeddedStore:
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, categories: list[str]) -> None:
         """Insert or replace vectors; logged and fsync'd before it returns."""
         ids, vectors = check_batch(ids, vectors, categories, self.dim)
-        norms = np.linalg.norm(vectors, axis=1)
-        if len(norms) and np.abs(norms - 1.0).max() > 1e-3:
-            raise ValueError(
-                f"vectors must be unit-norm; got norms from {norms.min():.4f} "
-                f"to {norms.max():.4f} (normalise before upserting)"
-            )
         if not len(ids):
             return
         with self._writer:

@@ -1,22 +1,21 @@
-"""The vector-store protocol that the embedded store implements and a distributed one could.
+"""The vector-store protocol that the embedded store and the Milvus store implement.
 
 A store holds unit-norm float32 vectors under int64 ids, each with one category, and answers
 inner-product top-k queries, optionally within one category. Writes are visible to the very next
 query and are durable once the call returns.
 
-How a distributed engine maps onto it (Milvus, the next implementation):
+How Milvus maps onto it (`visnet.index.milvus`; the store is chosen in `visnet.index.stores`):
 
 - one store = one Milvus *collection* with fields ``id INT64`` (primary key, ``auto_id=False``),
-  ``vector FLOAT_VECTOR(dim)`` and ``category VARCHAR`` declared as the *partition key*
-  (``is_partition_key=True``), so a category query touches only its partitions;
-- index ``HNSW`` with ``metric_type="IP"``, ``M`` and ``efConstruction`` from the same settings,
-  ``ef`` as a search parameter;
-- ``upsert`` = ``collection.upsert`` (Milvus upsert is delete + insert, like ours);
-  ``delete`` = ``delete(expr="id in [...]")``;
-- ``search(category=c)`` = ``search(..., expr='category == "c"')``; ``category=None`` = no expr;
-  read with ``consistency_level="Strong"`` to keep "visible in the next query";
-- ``get`` = ``query(expr="id in [...]", output_fields=["vector"])``;
-- ``count`` = ``query(output_fields=["count(*)"])``;
+  ``vector FLOAT_VECTOR(dim)`` and ``category VARCHAR`` (on a cluster also the *partition key*);
+- the index type is a setting (FLAT on Milvus Lite, HNSW with ``M`` and ``efConstruction`` from
+  the embedded store's defaults on a cluster, ``ef`` as a search parameter), metric ``IP``;
+- ``upsert`` = ``upsert`` (Milvus upsert is delete + insert, like ours); ``delete`` = delete by
+  ids; ``search(category=c)`` = ``search(..., filter='category == "c"')``, the same expression on
+  Lite and on a cluster; every read asks for ``consistency_level="Strong"``, so a write is seen by
+  the next query;
+- ``get`` = ``get(ids, output_fields=["vector"])``;
+  ``count`` = ``query(output_fields=["count(*)"])``;
 - ``snapshot`` = ``flush()``: Milvus keeps its own log (the message queue) and seals segments, so
   there is no local WAL to truncate.
 """
@@ -81,7 +80,8 @@ class VectorStore(Protocol):
 def check_batch(
     ids: np.ndarray, vectors: np.ndarray, categories: list[str], dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an upsert batch at the edge; return ids as int64 and vectors as float32."""
+    """Validate an upsert batch at the edge (shapes, distinct ids, finite unit-norm rows); return
+    ids as int64 and vectors as float32."""
     ids = np.asarray(ids)
     vectors = np.asarray(vectors, dtype=np.float32)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
@@ -94,4 +94,10 @@ def check_batch(
         raise ValueError("ids in one upsert must be distinct")
     if not np.all(np.isfinite(vectors)):
         raise ValueError("vectors contain NaN or infinity")
+    norms = np.linalg.norm(vectors, axis=1)
+    if len(norms) and np.abs(norms - 1.0).max() > 1e-3:
+        raise ValueError(
+            f"vectors must be unit-norm; got norms from {norms.min():.4f} "
+            f"to {norms.max():.4f} (normalise before upserting)"
+        )
     return ids.astype(np.int64), np.ascontiguousarray(vectors)
