@@ -9,7 +9,7 @@ then, each in a fresh process so its peak RSS is its own, the index is built fro
 `--out-dim` (PCA) twice:
 
 - streamed: as `visnet index build --embeddings DIR` does now (`open_shards`: shards
-  memory-mapped, the PCA fitted on a sample of at most `PCA_SAMPLE` rows, products ingested a
+  memory-mapped, only the PCA's sample of rows gathered, products ingested a
   batch at a time);
 - whole: the same build with every shard read into one array first (`read_shards`, what the
   build did before it streamed).

@@ -174,8 +174,7 @@ def test_a_large_catalog_streams_through_shards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past STREAM_VIEWS views the build embeds into OUT.embeddings and ingests from the
-    memory-mapped shards: the same products and vectors as the in-memory build; past
-    PCA_SAMPLE vectors the PCA is fitted on a seeded sample (the same one every time)."""
+    memory-mapped shards: the same products and vectors as the in-memory build."""
     from visnet.index import build
 
     root = tmp_path / "set"
@@ -200,13 +199,19 @@ def test_a_large_catalog_streams_through_shards(
         a.close()
         b.close()
 
-    monkeypatch.setattr(build, "PCA_SAMPLE", 10)
-    sampled = [build_index(root, embedder, tmp_path / f"pca-{i}", dim=8) for i in range(2)]
-    assert sampled[0]["vectors"] == in_memory["vectors"] > 10
-    assert _pca_fingerprint(tmp_path / "pca-0") == _pca_fingerprint(tmp_path / "pca-1")
-    monkeypatch.setattr(build, "PCA_SAMPLE", 200_000)
-    build_index(root, embedder, tmp_path / "pca-all", dim=8)
-    assert _pca_fingerprint(tmp_path / "pca-0") != _pca_fingerprint(tmp_path / "pca-all")
+    # past MAX_SAMPLES vectors the build gathers only fit_pca's sample: the same PCA as
+    # fit_pca over every vector in photo-id order (what the evaluation fits)
+    from visnet.embed.job import read_shards
+    from visnet.index import pca
+
+    monkeypatch.setattr(pca, "MAX_SAMPLES", 10)
+    sampled = build_index(root, embedder, tmp_path / "pca", dim=8, embeddings=tmp_path / "e")
+    vectors, rows, _ = read_shards(tmp_path / "e")
+    order = np.argsort([row.vector_id for row in rows], kind="stable")
+    assert sampled["vectors"] == len(order) > 10
+    assert _pca_fingerprint(tmp_path / "pca") == pca.fit_pca(vectors[order], dim=8).fingerprint
+    monkeypatch.setattr(pca, "MAX_SAMPLES", 100_000)
+    assert _pca_fingerprint(tmp_path / "pca") != pca.fit_pca(vectors[order], dim=8).fingerprint
 
 
 def _open(index: Path) -> CatalogIndex:

@@ -1,13 +1,13 @@
 """Build a catalog index from a catalog: embed -> fit PCA -> ingest -> precompute -> snapshot.
 
 The catalog is embedded by the embedding pipeline (`visnet.embed.pipeline`: parallel decode,
-batched embedding, bad images skipped and counted), in memory; or, given an `embeddings`
-folder, by the resumable feature-vector job, whose shards a rerun after a kill picks up. A
-catalog of more than `STREAM_VIEWS` views always takes the second way (its shards in
-`OUT.embeddings` unless told otherwise), and its build streams: the shards are memory-mapped,
-the PCA is fitted on a seeded sample of at most `PCA_SAMPLE` vectors, and products are
-gathered and ingested `INGEST_BATCH` at a time, so the full-precision vectors are never all
-in memory (the row list and the id maps are: about 0.5 KB a view).
+batched embedding, bad images skipped and counted), in memory; or, given an `embeddings` folder,
+by the resumable feature-vector job, whose shards a rerun after a kill picks up. A catalog of
+more than `STREAM_VIEWS` views always takes the second way (its shards in `OUT.embeddings`
+unless told otherwise), and its build streams: the shards are memory-mapped, the PCA is fitted
+on the seeded sample `fit_pca` takes (`visnet.index.pca.MAX_SAMPLES`), and products are gathered
+and ingested `INGEST_BATCH` at a time, so the full-precision vectors are never all in memory
+(the row list and the id maps are: about 0.5 KB a view).
 
 The index is built in `OUT.partial` and moved into place only when complete, so a failed or
 killed build never leaves a half-written index where a server would open it. That staging
@@ -43,7 +43,7 @@ from visnet.embed.registry import embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.index.catalog_index import CatalogIndex
 from visnet.index.embedded import StoreSettings
-from visnet.index.pca import PCA, fit_pca
+from visnet.index.pca import PCA, fit_pca, sample_rows
 from visnet.index.products import Product
 from visnet.index.stores import discard_store
 from visnet.io import replace_folder, staging_folder
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 INGEST_BATCH = 4096  # products per write: one SQLite transaction pair each
 PRECOMPUTE_K = 20  # recommendations stored per product, unless told otherwise
 STREAM_VIEWS = 500_000  # past this many catalog views the build streams through shards
-PCA_SAMPLE = 200_000  # the PCA is fitted on at most this many vectors (all of them below it)
-SAMPLE_SEED = 0
 
 Vectors = np.ndarray | ShardVectors  # rows gathered by `vectors[indices]`
 
@@ -158,13 +156,10 @@ def _streamed(source: Path, out: Path, embeddings: Path | None) -> Path | None:
 
 def fit_reduction(vectors: Vectors, rows: list[CatalogRow], dim: int) -> PCA | None:
     """The PCA to `dim` fitted on the rows in vector-id (photo id) order, as the evaluation
-    fits it (the same vectors give the same PCA, so eval measures what the index serves); past
-    `PCA_SAMPLE` rows, on a seeded sample of them, in the same order."""
+    fits it (the same vectors give the same PCA, so eval measures what the index serves); only
+    the rows `fit_pca` would sample are gathered (`sample_rows`), so shards stay on disk."""
     order = np.argsort([row.vector_id for row in rows], kind="stable")
-    if len(order) > PCA_SAMPLE:
-        keep = np.random.default_rng(SAMPLE_SEED).choice(len(order), PCA_SAMPLE, replace=False)
-        order = order[np.sort(keep)]
-    return reduction(vectors[order], dim)
+    return reduction(vectors[order[sample_rows(len(order))]], dim)
 
 
 def build_index(
