@@ -123,3 +123,29 @@ def test_a_failed_build_drops_its_collection(tmp_path: Path, monkeypatch) -> Non
     name = json.loads((tmp_path / "ix" / "manifest.json").read_text())["store"]["collection"]
     probe = MilvusStore.create(8, MilvusSettings(str(tmp_path / "lite.db")), name, {})
     probe.drop()  # creating it again succeeds: the failed build's collection was dropped
+
+
+def test_a_rebuild_keeps_a_milvus_index_in_milvus(tmp_path: Path, monkeypatch) -> None:
+    """`visnet index rebuild` of a Milvus index writes a new collection on the same Milvus
+    (no VISNET_STORE needed); with VISNET_STORE set it moves the index to that store."""
+    from visnet.data.synthetic import make_synthetic_set
+    from visnet.embed.registry import create_embedder
+    from visnet.index.build import build_index
+    from visnet.index.rebuild import rebuild_index
+
+    for name in ("VISNET_STORE", "VISNET_MILVUS_URI"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "set"
+    make_synthetic_set(root, seed=2)
+    monkeypatch.setenv("VISNET_STORE", "milvus")
+    monkeypatch.setenv("VISNET_MILVUS_URI", str(tmp_path / "lite.db"))
+    build_index(root, create_embedder("colour-histogram"), tmp_path / "ix", dim=0, precompute_k=0)
+    monkeypatch.delenv("VISNET_STORE")
+    rebuild_index(tmp_path / "ix", create_embedder("texture"), precompute_k=0)
+    old = json.loads((tmp_path / "ix.before-rebuild" / "manifest.json").read_text())["store"]
+    new = json.loads((tmp_path / "ix" / "manifest.json").read_text())["store"]
+    assert new["engine"] == "milvus" and new["collection"] != old["collection"]
+    monkeypatch.setenv("VISNET_STORE", "embedded")
+    rebuild_index(tmp_path / "ix", create_embedder("colour-histogram"), tmp_path / "moved", 0, 0)
+    moved = json.loads((tmp_path / "moved" / "manifest.json").read_text())["store"]
+    assert moved.get("engine", "embedded") == "embedded"

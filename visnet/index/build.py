@@ -45,7 +45,7 @@ from visnet.index.catalog_index import CatalogIndex
 from visnet.index.embedded import StoreSettings
 from visnet.index.pca import PCA, fit_pca, sample_rows
 from visnet.index.products import Product
-from visnet.index.stores import discard_store
+from visnet.index.stores import StoreChoice, discard_store
 from visnet.io import replace_folder, staging_folder
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,13 @@ def write_index(
     precompute_k: int = PRECOMPUTE_K,
     settings: StoreSettings | None = None,
     total: int | None = None,
+    store: StoreChoice | None = None,
 ) -> dict[str, int]:
     """A new index in `folder` (a staging folder: no write-ahead log, one final snapshot) holding
     `items` (products and their view embeddings, taken `INGEST_BATCH` at a time; `total` of
     them, for the progress bar) of `model` ({model, fingerprint, dim}), with `precompute_k`
-    recommendations a product. Returns its counts and vector dimension."""
+    recommendations a product, in the vector store `store` names (default: the ``VISNET_STORE``
+    settings). Returns its counts and vector dimension."""
     index = CatalogIndex.create(
         folder,
         model_fingerprint=model["fingerprint"],
@@ -225,6 +227,7 @@ def write_index(
         embedding_dim=int(model["dim"]),
         pca=pca,
         settings=replace(settings or StoreSettings(), log_writes=False),
+        store=store,
     )
     try:
         products = iter(items)

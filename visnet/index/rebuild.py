@@ -32,6 +32,7 @@ from visnet.index.catalog_index import MANIFEST, CatalogIndex
 from visnet.index.embedded import EmbeddedStore, StoreSettings
 from visnet.index.products import Product
 from visnet.index.refs import UPLOAD_PREFIX, UPLOADS, product_image
+from visnet.index.stores import StoreChoice, engine_of
 from visnet.io import replace_folder, staging_folder
 
 __all__ = ["BEFORE_REBUILD", "rebuild_index", "reembed"]
@@ -65,7 +66,8 @@ def rebuild_index(
     _check_free(target, previous)
     build = _read_json(index / BUILD_FILE)
     root = Path(catalog_root) if catalog_root else _recorded_root(build)
-    old = CatalogIndex.open(index, model_fingerprint=_read_manifest(index)["model_fingerprint"])
+    fingerprint = _read_manifest(index)["model_fingerprint"]
+    old = CatalogIndex.open(index, model_fingerprint=fingerprint, store=StoreChoice().reading())
     try:
         staging = staging_folder(target)
         try:
@@ -104,7 +106,9 @@ def _rebuild(
     dim = _old_dim(old) if dim is None else dim
     pca = reduction(np.concatenate([vectors for _, vectors in items]), dim)
     k = _precompute_k(build) if precompute_k is None else precompute_k
-    written = write_index(staging, items, model, pca, k, _store_settings(old), total=len(items))
+    written = write_index(
+        staging, items, model, pca, k, _store_settings(old), len(items), _store_choice(old)
+    )
     if (old.path / UPLOADS).is_dir():
         shutil.copytree(old.path / UPLOADS, staging / UPLOADS)
     summary = {
@@ -199,6 +203,28 @@ def _precompute_k(build: dict[str, Any]) -> int:
 
 def _store_settings(old: CatalogIndex) -> StoreSettings:
     return old.store.settings if isinstance(old.store, EmbeddedStore) else StoreSettings()
+
+
+def _store_choice(old: CatalogIndex) -> StoreChoice:
+    """Where the new index's vectors go: the store ``VISNET_STORE`` names when it is set (a
+    rebuild can move an index between stores), else the old index's kind: a Milvus index gets a
+    new collection on the same Milvus (the URI and token from the environment, as ever, the URI
+    defaulting to the old one's) with the old one's index settings. The old collection stays
+    with the old folder."""
+    env = StoreChoice()
+    saved = old.manifest["store"]
+    if "store" in env.model_fields_set or engine_of(saved) != "milvus":
+        return env if "store" in env.model_fields_set else StoreChoice(store="embedded")
+    return StoreChoice(
+        store="milvus",
+        milvus_uri=env.milvus_uri or saved.get("uri"),
+        milvus_token=env.milvus_token,
+        milvus_index=saved.get("index_type"),
+        milvus_index_params=saved.get("index_params") or {},
+        milvus_search_params=saved.get("search_params") or {},
+        milvus_partition_key=saved.get("partition_key"),
+        milvus_replicas=env.milvus_replicas,
+    )
 
 
 # ---- where the new index goes ----------------------------------------------------------------

@@ -56,6 +56,13 @@ class StoreChoice(BaseSettings):
     milvus_partition_key: bool | None = None
     milvus_replicas: int | None = None
 
+    def reading(self) -> StoreChoice:
+        """These settings asking for no store: to open an index wherever its manifest says
+        (a rebuild reads the old index there and writes the new one where ``store`` says)."""
+        copy = self.model_copy()
+        copy.__pydantic_fields_set__.discard("store")
+        return copy
+
     def milvus(self, saved: dict[str, Any] | None = None) -> Any:
         """`MilvusSettings` from these settings over an index manifest's ``saved`` ones."""
         from visnet.index.milvus import MilvusSettings
