@@ -23,7 +23,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from visnet.detect import trunks
 from visnet.detect.settings import DEFAULT_ARCH
-from visnet.io import atomic_path
+from visnet.model.checkpoint import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ class Detector:
             "state_dict": state,
             "extra": dict(extra or {}),
         }
-        return atomic_save(payload, Path(path))
+        return atomic_torch_save(payload, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> Detector:
@@ -500,11 +500,3 @@ def read_detector_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} has detector checkpoint version {payload.get('version')}; need {VERSION}"
         )
     return payload
-
-
-def atomic_save(payload: Any, path: Path) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path

@@ -25,7 +25,6 @@ from visnet.data.street2shop import Street2ShopSet, read_set
 from visnet.detect.detector import (
     Detector,
     DetectorConfig,
-    atomic_save,
     build_model,
     freeze_batchnorm,
     get_arch,
@@ -34,6 +33,7 @@ from visnet.detect.detector import (
 )
 from visnet.detect.settings import DetectTrainSettings
 from visnet.images import ImageError, load_image
+from visnet.model.checkpoint import atomic_torch_save
 from visnet.training import loop
 from visnet.training.optim import Schedule, cosine, warmup_then
 
@@ -260,4 +260,4 @@ def _save_run(
         "model": run.model.model.state_dict(),
         **loop.resume_state(run),
     }
-    atomic_save(payload, out / loop.LAST)
+    atomic_torch_save(payload, out / loop.LAST)
