@@ -122,8 +122,10 @@ def main() -> None:
         queue = context.Queue()
         process = context.Process(target=build, args=(way, catalog, shards, args, queue))
         process.start()
+        process.join()  # the result is a few numbers: the queue's pipe never fills
+        if process.exitcode != 0:
+            raise SystemExit(f"the {way} build failed (exit code {process.exitcode})")
         results.append(queue.get())
-        process.join()
     full = args.n * args.dim * 4
     print(
         f"\n{args.n:,} products, {args.dim}-D float32 vectors ({full / 2**30:.2f} GiB) -> "
