@@ -21,8 +21,6 @@ between ``<!-- scale:begin -->`` and ``<!-- scale:end -->``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import json
 import logging
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from _memory import memory
 from _vectors import (
     centres_for,
     clustered,
@@ -93,20 +92,6 @@ def parse_args() -> argparse.Namespace:
 
 
 # ---- measuring one kind at one size (in its own process) ---------------------------------------
-
-
-def memory() -> dict[str, int]:
-    """This process's anonymous and file-backed resident bytes, and its peak resident bytes;
-    memory the C heap holds free is handed back first, so that it is not counted."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # glibc only
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("RssAnon", "RssFile", "VmHWM"):
-            fields[name] = int(value.split()[0]) * 1024
-    return fields
 
 
 def disk_bytes(folder: Path) -> dict[str, int]:

@@ -14,9 +14,11 @@ then, each in a fresh process so its peak RSS is its own, the index is built fro
 - whole: the same build with every shard read into one array first (`read_shards`, what the
   build did before it streamed).
 
-The table gives wall time, peak RSS (`ru_maxrss`), and the full-precision vectors' size for
-scale. Precomputing look-alikes is left out (`--precompute 0`) unless asked for: it is the
-same in both and measured by `benchmarks/scale.py`.
+The table gives wall time, the peak anonymous memory above the imports (sampled: the process's
+own heap, what streaming saves) and peak RSS (`ru_maxrss`, which also counts the pages of the
+memory-mapped shards, reclaimable page cache), beside the full-precision vectors' size.
+Precomputing look-alikes is left out (`--precompute 0`) unless asked for: it is the same in both
+and measured by `benchmarks/scale.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import PeakAnon, memory
 from _vectors import centres_for, clustered_chunks
 from tqdm import tqdm
 
@@ -103,13 +106,23 @@ def build(way: str, catalog: Path, shards: Path, args: argparse.Namespace, queue
         index_build.open_shards = job.read_shards
     out = args.workdir / f"index-{way}"
     shutil.rmtree(out, ignore_errors=True)
+    base = memory()["RssAnon"]  # the interpreter and its imports (torch, faiss, sklearn)
     start = time.perf_counter()
-    summary = index_build.build_index(
-        catalog, Shards(args.dim), out, args.out_dim, shards, args.precompute
-    )
+    with PeakAnon() as anon:
+        summary = index_build.build_index(
+            catalog, Shards(args.dim), out, args.out_dim, shards, args.precompute
+        )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put({"way": way, "seconds": seconds, "peak": peak, "vectors": summary["vectors"]})
+    queue.put(
+        {
+            "way": way,
+            "seconds": seconds,
+            "peak": peak,
+            "anon": anon.peak - base,
+            "vectors": summary["vectors"],
+        }
+    )
     shutil.rmtree(out, ignore_errors=True)
 
 
