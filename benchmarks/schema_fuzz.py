@@ -131,6 +131,9 @@ def steer(schema: object, product_ids: list[str], photos: list[bytes]) -> None:
 
     @schema.hook  # type: ignore[attr-defined]
     def flatmap_body(context: object, body: object) -> st.SearchStrategy:
+        if isinstance(body, dict) and isinstance(body.get("events"), list):
+            real = st.lists(st.sampled_from(product_ids), min_size=1, max_size=1)
+            return st.one_of(st.just(body), real.map(lambda ids: _real_events(body, ids[0])))
         if not isinstance(body, dict) or not {"image", "images"} & body.keys():
             return st.just(body)
         photo = st.sampled_from(photos)
@@ -139,6 +142,23 @@ def steer(schema: object, product_ids: list[str], photos: list[bytes]) -> None:
         else:  # a product upload: one to three real views
             real = st.lists(photo, min_size=1, max_size=3).map(lambda v: {**body, "images": v})
         return st.one_of(st.just(body), real)
+
+
+def _real_events(body: dict, product: str) -> dict:
+    """`body`'s events naming the real `product` (impressions show it once), so some batches
+    are stored and reach the 200 answer rather than "unknown product"."""
+    events = []
+    for event in body["events"]:
+        if not isinstance(event, dict):
+            events.append(event)
+            continue
+        event = {**event, "product": product} if "product" in event else dict(event)
+        if isinstance(event.get("shown"), list):
+            event["shown"] = [{"product": product, "position": 1}]
+        if event.get("anchor") is not None:
+            event["anchor"] = product
+        events.append(event)
+    return {**body, "events": events}
 
 
 def fuzz(
@@ -222,7 +242,12 @@ def main() -> None:
             shutil.copytree(args.index, index, ignore=shutil.ignore_patterns("*.lock"))
         queue = seed_review_queue(root, work / "review.sqlite")
         settings = service_settings(
-            index=index, model=args.model, api_key=KEY, review_queue=queue, refresh_after_s=0
+            index=index,
+            model=args.model,
+            api_key=KEY,
+            review_queue=queue,
+            refresh_after_s=0,
+            events_burst=10_000,  # one client sends every batch: the rate limit is tested apart
         )
         with running_server(create_app(settings)) as url:
             photos = [p.read_bytes() for p in sorted((root / "photos").glob("*.jpg"))[:4]]

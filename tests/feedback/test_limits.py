@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from visnet.feedback import RateLimiter
+from visnet.feedback.limits import address_key
 
 
 class Clock:
@@ -42,3 +43,16 @@ def test_buckets_are_bounded_and_bad_settings_refused() -> None:
         limiter.acquire("a", cost=2)
     with pytest.raises(ValueError, match="rate"):
         RateLimiter(rate=0, burst=1)
+
+
+def test_an_ipv6_client_has_one_bucket_for_its_whole_64() -> None:
+    """A client that owns a /64 (every IPv6 subscriber) must not get a fresh bucket from each
+    of its addresses: they share the /64's key; IPv4 and mapped IPv4 keep their address."""
+    assert (
+        address_key("2001:db8:1:2::1")
+        == address_key("2001:db8:1:2:ffff::9")
+        == ("2001:db8:1:2::/64")
+    )
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("203.0.113.7") == address_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert address_key("testclient") == "testclient"

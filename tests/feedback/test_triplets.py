@@ -144,3 +144,17 @@ def test_the_command_queues_them_for_review_and_training_reads_the_approved(
     assert triplet.query.path.is_file() and triplet.negative.path.is_file()
     missing = CliRunner().invoke(app, [*args[:4], "--index", str(tmp_path), "--queue", str(queue)])
     assert missing.exit_code == 2 and "not an index folder" in missing.output
+
+
+def test_an_index_built_from_a_catalog_file_finds_its_images_beside_the_file(index: Path) -> None:
+    """Indexes built from a CSV or JSONL file before 2026-12 recorded the file as the catalog
+    root; its refs are relative to the file's folder, as the service reads them."""
+    catalog = Path(json.loads((index / "build.json").read_text())["catalog_root"])
+    (catalog / "catalog.csv").write_text("id,category,image,title\n")
+    (index / "build.json").write_text(json.dumps({"catalog_root": str(catalog / "catalog.csv")}))
+    images = IndexImages(index)
+    try:
+        assert images.catalog_root == catalog
+        assert images.product("p1") == ((catalog / "photos" / "p1.png").resolve(), "hats")
+    finally:
+        images.close()

@@ -160,3 +160,34 @@ def test_serve_refuses_another_models_index_in_one_line(built: tuple[Path, Path]
     assert result.exit_code != 0
     assert "rebuild it for this model with: visnet index rebuild" in result.output
     assert "Traceback" not in result.output and "Uvicorn running" not in result.output
+
+
+def test_what_the_folder_keeps_beside_the_index_comes_along(built: tuple[Path, Path]) -> None:
+    """The shoppers' event log (with rows still in its write-ahead log), search crops and sample
+    photos move to the rebuilt index; the old index's own state does not."""
+    import sqlite3
+
+    _, index_dir = built
+    log = sqlite3.connect(index_dir / "events.sqlite")
+    log.execute("PRAGMA journal_mode=WAL")
+    log.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT)")
+    log.executemany("INSERT INTO events (kind) VALUES (?)", [("click",), ("impression",)])
+    log.commit()  # left open: the rows sit in events.sqlite-wal
+    (index_dir / "queries").mkdir()
+    (index_dir / "queries" / "abc.jpg").write_bytes(b"crop")
+    (index_dir / "samples").mkdir(exist_ok=True)
+    (index_dir / "samples" / "one.jpg").write_bytes(b"photo")
+    (index_dir / "service-state.json").write_text("{}")
+    try:
+        rebuild_index(index_dir, create_embedder(NEW))
+    finally:
+        log.close()
+    copied = sqlite3.connect(index_dir / "events.sqlite")
+    assert copied.execute("SELECT kind FROM events ORDER BY id").fetchall() == [
+        ("click",),
+        ("impression",),
+    ]
+    copied.close()
+    assert (index_dir / "queries" / "abc.jpg").read_bytes() == b"crop"
+    assert (index_dir / "samples" / "one.jpg").read_bytes() == b"photo"
+    assert not (index_dir / "service-state.json").exists()

@@ -5,6 +5,7 @@ lose no good one; oversized batches, the rate limit, and what /openapi.json says
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -382,3 +383,19 @@ def test_the_log_can_live_elsewhere_and_a_log_that_cannot_open_refuses_only_even
         refused = _post(live, SESSION_A, batch)
         assert (refused.status_code, refused.json()["error"]) == (503, "events_unavailable")
         assert _search(live, "1.jpg")[1]["results"]  # searches are still served
+
+
+def test_a_log_that_cannot_take_a_batch_answers_503_with_retry_after(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log locked past its timeout (replicas sharing it) or on a full disk is a 503 the page
+    retries, not a 500."""
+
+    def locked(*_: Any) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(live.app.state.engine.events, "record", locked)
+    refused = _post(live, SESSION_A, [{"type": "cart", "product": "1"}])
+    assert (refused.status_code, refused.json()["error"]) == (503, "events_unavailable")
+    assert int(refused.headers["Retry-After"]) >= 1
+    ErrorOut.model_validate_json(refused.content, strict=True)

@@ -138,7 +138,14 @@ class RayEngine:
             return
         import ray
 
-        self._connect(ray)
+        started = self._connect(ray)
+        try:
+            yield from self._embed(ray, items, embedder)
+        finally:
+            if started:  # a local instance this job started ends with it
+                ray.shutdown()
+
+    def _embed(self, ray: Any, items: list[Item], embedder: Embedder) -> Iterator[Batch]:
         rows = [{"key": int(item.key), "image": str(item.source or "")} for item in items]
         dataset = ray.data.from_items(rows, override_num_blocks=self._blocks(len(rows)))
         mapped = dataset.map_batches(
@@ -153,15 +160,17 @@ class RayEngine:
         for answer in mapped.iter_batches(batch_size=None, batch_format="numpy"):
             yield self._batch(answer, embedder.name, expected)
 
-    def _connect(self, ray: Any) -> None:
+    def _connect(self, ray: Any) -> bool:
+        """Join the cluster, or start a local instance; True when this call started one."""
         if ray.is_initialized():
-            return
+            return False
         ray.data.DataContext.get_current().enable_progress_bars = False
         if self.settings.address is None and not os.environ.get("RAY_ADDRESS"):
             cpus = int(np.ceil(self.settings.workers * self.settings.cpus_per_worker))
             ray.init(num_cpus=cpus, include_dashboard=False)
-        else:
-            ray.init(address=self.settings.address)
+            return True
+        ray.init(address=self.settings.address)
+        return False
 
     def _blocks(self, rows: int) -> int:
         """Enough blocks for every worker to have a few (a block is Ray's unit of work)."""

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "address_key"]
+
+IPV6_PREFIX = 64  # one subscriber's share of IPv6 addresses: a /64 is routinely one host's
+
+
+def address_key(host: str) -> str:
+    """The rate-limit key of a client address: an IPv4 address itself (an IPv4-mapped IPv6 one
+    too), an IPv6 address its /64, so one client cannot take a fresh bucket from every address of
+    its network; anything else (a test client's name) as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 class RateLimiter:

@@ -21,7 +21,6 @@ it (else absolute).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 from visnet.feedback.events import EventLog, ShownList
 from visnet.feedback.queries import query_crop_path
 from visnet.index.products import ProductStore, UnknownProductError
-from visnet.index.refs import product_image
+from visnet.index.refs import product_image, recorded_catalog_root
 from visnet.triplets.io import image_ref, triplet_key
 from visnet.triplets.review import ReviewQueue
 
@@ -45,7 +44,6 @@ __all__ = [
 
 KIND = "feedback"
 PRODUCTS_FILE = "products.sqlite"  # `visnet.index.catalog_index.CatalogIndex` layout
-BUILD_FILE = "build.json"
 
 
 @dataclass(frozen=True)
@@ -66,14 +64,10 @@ class IndexImages:
         self.index_dir = Path(index_dir)
         if not (self.index_dir / PRODUCTS_FILE).is_file():
             raise FileNotFoundError(f"{self.index_dir}: not an index folder (no {PRODUCTS_FILE})")
-        self.catalog_root = Path(catalog_root) if catalog_root else self._recorded_root()
+        root = Path(catalog_root) if catalog_root else recorded_catalog_root(self.index_dir)
+        self.catalog_root = root
         self.products = ProductStore(self.index_dir / PRODUCTS_FILE)
         self._found: dict[str, tuple[Path, str] | None] = {}
-
-    def _recorded_root(self) -> Path | None:
-        build = self.index_dir / BUILD_FILE
-        root = json.loads(build.read_text()).get("catalog_root") if build.is_file() else None
-        return Path(root) if root else None
 
     def product(self, product_id: str) -> tuple[Path, str] | None:
         """(first readable view, category) of a product; None if it is gone or unreadable."""

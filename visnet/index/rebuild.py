@@ -1,9 +1,10 @@
 """Rebuild an index for another model from its own images: read -> re-embed -> write -> swap.
 
-Every product keeps its record (id, category, title, image refs, attributes); its views are
-re-embedded from the files its refs name (`visnet.index.refs`: catalog images under the catalog
-root that `build.json` records, uploads under the index folder's `uploads/`, which is copied
-over). The PCA is refitted at the old index's dimension and the recommendations recomputed.
+Every product keeps its record (id, category, title, image refs, attributes); its views are re-
+embedded from the files its refs name (`visnet.index.refs`: catalog images under the catalog
+root that `build.json` records, uploads under the index folder's `uploads/`). What else the
+folder keeps (uploads, the shoppers' event log, search crops, sample photos) is copied over. The
+PCA is refitted at the old index's dimension and the recommendations recomputed.
 
 The new index is written to `OUT.partial` and moved into place only when complete. Rebuilt in
 place, the old folder stays beside the new one as `INDEX.before-rebuild`, to delete once the new
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from visnet.index.build import PRECOMPUTE_K, reduction, write_index
 from visnet.index.catalog_index import MANIFEST, CatalogIndex
 from visnet.index.embedded import EmbeddedStore, StoreSettings
 from visnet.index.products import Product
-from visnet.index.refs import UPLOAD_PREFIX, UPLOADS, product_image
+from visnet.index.refs import UPLOAD_PREFIX, UPLOADS, product_image, recorded_catalog_root
 from visnet.index.stores import StoreChoice, engine_of
 from visnet.io import replace_folder, staging_folder
 
@@ -65,7 +67,7 @@ def rebuild_index(
     previous = index.with_name(index.name + BEFORE_REBUILD) if target == index else None
     _check_free(target, previous)
     build = _read_json(index / BUILD_FILE)
-    root = Path(catalog_root) if catalog_root else _recorded_root(build)
+    root = Path(catalog_root) if catalog_root else recorded_catalog_root(index)
     fingerprint = _read_manifest(index)["model_fingerprint"]
     old = CatalogIndex.open(index, model_fingerprint=fingerprint, store=StoreChoice().reading())
     try:
@@ -109,8 +111,7 @@ def _rebuild(
     written = write_index(
         staging, items, model, pca, k, _store_settings(old), len(items), _store_choice(old)
     )
-    if (old.path / UPLOADS).is_dir():
-        shutil.copytree(old.path / UPLOADS, staging / UPLOADS)
+    _carry_over(old.path, staging)
     summary = {
         **written,
         "model": embedder.name,
@@ -172,9 +173,31 @@ def _read_manifest(index: Path) -> dict[str, Any]:
     return _read_json(index / MANIFEST)
 
 
-def _recorded_root(build: dict[str, Any]) -> Path | None:
-    root = build.get("catalog_root")
-    return Path(root) if root else None
+# what an index folder holds that belongs to the old index only (the new build wrote its own):
+# the service's record of stale recommendation lists, and SQLite's side files
+# (and a Milvus Lite file, whose new collection the new index's manifest names where it is)
+NOT_CARRIED = ("service-state.json", "*.lock", "*-wal", "*-shm", "*-journal", "*.db")
+
+
+def _carry_over(old: Path, staging: Path) -> None:
+    """Everything else the old folder keeps goes to the new one: uploaded images (`uploads/`),
+    and what the service and commands keep beside an index (the shoppers' event log, the
+    search crops for feedback triplets, the sample photos). An SQLite file is copied through
+    SQLite's backup, so what its write-ahead log holds comes along."""
+    for entry in sorted(old.iterdir()):
+        if (staging / entry.name).exists() or any(entry.match(p) for p in NOT_CARRIED):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, staging / entry.name)
+        elif entry.suffix == ".sqlite":
+            source, target = sqlite3.connect(entry), sqlite3.connect(staging / entry.name)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+                target.close()
+        else:
+            shutil.copy2(entry, staging / entry.name)
 
 
 def _check_root(index: Path, root: Path | None, products: list[Product]) -> None:

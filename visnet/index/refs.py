@@ -8,12 +8,21 @@ route, `visnet index rebuild`) maps them here, so a ref can never name a file ou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 
-__all__ = ["MEDIA_TYPES", "UPLOADS", "UPLOAD_PREFIX", "product_image", "resolve_under"]
+__all__ = [
+    "MEDIA_TYPES",
+    "UPLOADS",
+    "UPLOAD_PREFIX",
+    "product_image",
+    "recorded_catalog_root",
+    "resolve_under",
+]
 
 UPLOAD_PREFIX = "index:"  # an image ref relative to the index folder (uploads), not the catalog
 UPLOADS = "uploads"  # the index folder's subfolder of uploaded images
+BUILD_FILE = "build.json"  # the index folder's build summary, which records the catalog root
 MEDIA_TYPES = {  # the image files a ref may name, by suffix
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
@@ -46,3 +55,14 @@ def product_image(ref: str, catalog_root: Path | None, index_dir: Path) -> Path 
         rest = ref[len(UPLOAD_PREFIX) :]
         return resolve_under(index_dir, rest) if rest.startswith(f"{UPLOADS}/") else None
     return resolve_under(catalog_root, ref)
+
+
+def recorded_catalog_root(index_dir: Path) -> Path | None:
+    """The catalog root the index folder's ``build.json`` records; None when it records none."""
+    build = index_dir / BUILD_FILE
+    root = json.loads(build.read_text()).get("catalog_root") if build.is_file() else None
+    if not root:
+        return None
+    # indexes built from a CSV or JSONL file before 2026-12 recorded the file, whose folder
+    # the image refs are relative to
+    return Path(root).parent if Path(root).is_file() else Path(root)

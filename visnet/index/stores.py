@@ -78,7 +78,7 @@ class StoreChoice(BaseSettings):
             uri=uri,
             token=self.milvus_token.get_secret_value() if self.milvus_token else "",
             index_type=saved.get("index_type") or self.milvus_index,
-            index_params=saved.get("index_params") or self.milvus_index_params,
+            index_params=saved.get("index_params", self.milvus_index_params),
             search_params={**saved.get("search_params", {}), **self.milvus_search_params},
             partition_key=saved.get("partition_key", self.milvus_partition_key),
             replicas=self.milvus_replicas,

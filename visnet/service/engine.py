@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -29,7 +30,7 @@ from visnet.feedback.queries import prune_query_crops, store_query_crop
 from visnet.images import DecodedImage, ImageLimits, decode_image
 from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Facets, Product, ProductFilter
-from visnet.index.refs import product_image
+from visnet.index.refs import product_image, recorded_catalog_root
 from visnet.service import files
 from visnet.service.answers import (
     Match,
@@ -134,15 +135,7 @@ def category_threshold(settings: ServiceSettings, detector: Any | None) -> float
 def _catalog_root(settings: ServiceSettings) -> Path | None:
     if settings.catalog_root is not None:
         return settings.catalog_root
-    build = settings.index / "build.json"
-    if build.is_file():
-        root = json.loads(build.read_text()).get("catalog_root")
-        if not root:
-            return None
-        # indexes built from a CSV or JSONL file before 2026-12 recorded the file, whose folder
-        # the image refs are relative to
-        return Path(root).parent if Path(root).is_file() else Path(root)
-    return None
+    return recorded_catalog_root(settings.index)
 
 
 def index_token(manifest: dict[str, Any]) -> str:
@@ -215,7 +208,7 @@ class Engine:
         self.model_token = fingerprint_token(embedder_fingerprint(embedder), embedder.name)
         self.index_token = index_token(index.manifest)
         self.events = open_event_log(settings.events_path)
-        self._crops_stored = 0
+        self._crops_stored = itertools.count(1)  # thread-safe under the GIL, unlike += 1
 
     @classmethod
     def load(cls, settings: ServiceSettings, metrics: Metrics) -> Engine:
@@ -341,8 +334,7 @@ class Engine:
         except OSError:
             log.exception("could not keep a search crop under %s", self.index.path)
             return None
-        self._crops_stored += 1
-        if self._crops_stored % PRUNE_EVERY == 0:
+        if next(self._crops_stored) % PRUNE_EVERY == 0:
             self.prune_crops()
         return crop
 

@@ -11,12 +11,16 @@ none was (`no_events_accepted`, each event named; `invalid_batch`, no session or
 events). 413 for an oversized batch: over `MAX_EVENTS` events (`too_many_events`) or over the
 ``max_event_bytes`` setting (`upload_too_large`, before the body is read); 400 `bad_request` for
 a body that is not JSON; 429 `rate_limited` with Retry-After for a client address past its
-share (``events_rate``, ``events_burst``), checked before the body is read.
+share (``events_rate``, ``events_burst``; an IPv6 address counts by its /64), checked before the
+body is read; 503 `events_unavailable` with Retry-After when the log cannot take the batch (locked
+past its timeout, or its disk full).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 from typing import Any
 
 import orjson
@@ -25,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from visnet.feedback.events import MAX_EVENTS, BatchError, EventBatch, EventProblem
-from visnet.feedback.limits import RateLimiter
+from visnet.feedback.limits import RateLimiter, address_key
 from visnet.service.errors import ApiError
 from visnet.service.routes import EngineDep
 from visnet.service.schemas import ErrorOut, EventsOut, EventsRefusedOut
@@ -33,6 +37,7 @@ from visnet.service.settings import ServiceSettings
 
 __all__ = ["EVENTS_PATH", "event_limiter", "install_event_schemas", "router"]
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 EVENTS_PATH = "/v1/events"
@@ -63,7 +68,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": ErrorOut,
         "description": "the index is not loaded yet (`not_ready`), or its event log could not "
-        "be opened (`events_unavailable`)",
+        "be opened or could not take the batch (`events_unavailable`; send it again after "
+        "Retry-After seconds)",
     },
 }
 BODY = {
@@ -83,7 +89,7 @@ def event_limiter(settings: ServiceSettings) -> RateLimiter:
 async def rate_limit(request: Request) -> None:
     """429 with Retry-After past the client address's share; before the body is read."""
     limiter: RateLimiter = request.app.state.event_limiter
-    client = request.client.host if request.client is not None else "unknown"
+    client = address_key(request.client.host) if request.client is not None else "unknown"
     wait = limiter.acquire(client)
     if wait > 0:
         seconds = max(1, math.ceil(wait))
@@ -136,6 +142,10 @@ async def post_events(request: Request, engine: EngineDep) -> Response:
         if exc.code == "too_many_events":
             raise ApiError(413, exc.code, f"{exc}; send smaller batches") from None
         return _refused(exc.code, str(exc), [])
+    except sqlite3.OperationalError as exc:  # locked past its timeout, or the disk is full
+        log.warning("shopper events not logged: %s", exc)
+        message = "the event log cannot take the batch now; send it again later"
+        raise ApiError(503, "events_unavailable", message, {"Retry-After": "5"}) from None
     if result.accepted == 0:
         return _refused("no_events_accepted", _none_logged(result.rejected), result.rejected)
     return _json(EventsOut(accepted=result.accepted, rejected=result.rejected), 200)
