@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from visnet.feedback import (
     BatchError,
     EventBatch,
     EventLog,
+    EventLogFullError,
     fingerprint_token,
     new_query_id,
     parse_batch,
@@ -176,3 +178,74 @@ def test_fingerprints_become_tokens_an_impression_takes() -> None:
     assert token != fingerprint_token(spelled + " ", "colour histogram")
     body = impression(new_query_id(), ["p1"], model=token)
     assert parse_batch({"session": SESSION, "events": [body]}).problems == []
+
+
+def _tracked_connections(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
+    """Every connection `sqlite3.connect` opens from now on."""
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def tracking(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", tracking)
+    return opened
+
+
+def _is_closed(db: sqlite3.Connection) -> bool:
+    try:
+        db.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
+def test_a_log_that_fails_to_open_closes_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite3.connect(tmp_path / "other.sqlite").execute("CREATE TABLE t (x)").connection.close()
+    (tmp_path / "garbage.sqlite").write_bytes(b"not a database at all, " * 100)
+    opened = _tracked_connections(monkeypatch)
+    with pytest.raises(ValueError, match="not a VisNet event log"):
+        EventLog(tmp_path / "other.sqlite", create=False)
+    with pytest.raises(sqlite3.DatabaseError):
+        EventLog(tmp_path / "garbage.sqlite")
+    assert len(opened) == 2 and all(_is_closed(db) for db in opened)
+
+
+def test_a_log_past_its_cap_refuses_batches_and_counts_its_wal(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    batch = {"session": SESSION, "events": [impression(f"query-{n:04d}", ["a"]) for n in range(50)]}
+    with EventLog(path) as log:
+        empty = log.size_bytes()
+        pages = log.db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = log.db.execute("PRAGMA page_size").fetchone()[0]
+        wal = path.with_name(path.name + "-wal")
+        assert empty == pages * page_size + wal.stat().st_size > path.stat().st_size
+    cap = empty + 64 * 1024
+    with EventLog(path, max_bytes=cap) as log:
+        taken = 0
+        with pytest.raises(EventLogFullError, match="events_max_bytes"):
+            for _ in range(100):
+                taken += log.record_batch(batch).accepted
+        assert 0 < taken < 100 * 50
+        assert log.counts()["impression"] == taken  # the refused batch left nothing
+        # refused before it was written: over the cap by less than one batch
+        assert cap <= log.size_bytes() < cap + 64 * 1024
+
+
+def test_a_write_waits_only_its_timeout_for_another_writers_lock(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    EventLog(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing, holding the lock
+    try:
+        with EventLog(path, create=False, timeout=0.3) as log:
+            start = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                log.record_batch({"session": SESSION, "events": [impression("query-0001", ["a"])]})
+            assert 0.25 < time.monotonic() - start < 3.0
+    finally:
+        other.rollback()
+        other.close()

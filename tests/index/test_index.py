@@ -3,6 +3,7 @@ references: the store protocol's tests run on every store kind."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -530,3 +531,41 @@ def test_a_filter_wider_than_the_exact_limit_widens_the_search_until_k_pass(
         assert found == naive_filtered(products, views, query, 10, keep)
     assert index.search(views[0, 0], 5, filters=ProductFilter(brands=("nobody",))) == []
     index.close()
+
+
+def test_an_index_whose_products_fail_to_open_lets_its_vector_store_go(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An existing index: its store is closed (its lock freed, so the folder opens once the
+    product file is mended); a new one: its store discarded (a new Milvus collection dropped)."""
+    index = catalog(tmp_path / "ix")
+    index.upsert(Product("x", "a"), np.ones((1, 16)))
+    index.close()
+    products = tmp_path / "ix" / "products.sqlite"
+    products.rename(tmp_path / "kept.sqlite")
+    products.write_bytes(b"not a SQLite file " * 300)
+    with pytest.raises(sqlite3.DatabaseError):
+        CatalogIndex.open(tmp_path / "ix", model_fingerprint="m1")
+    products.unlink()
+    (tmp_path / "kept.sqlite").rename(products)
+    reopened = CatalogIndex.open(tmp_path / "ix", model_fingerprint="m1")
+    assert reopened.count() == 1
+    reopened.close()
+
+    released: list[str] = []
+
+    class NewCollection:
+        def drop(self) -> None:
+            released.append("drop")
+
+        def close(self) -> None:
+            released.append("close")
+
+    def broken(path: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(catalog_index, "open_store", lambda *args: NewCollection())
+    monkeypatch.setattr(catalog_index, "ProductStore", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        catalog(tmp_path / "new")
+    assert released == ["drop"]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
+import visnet
+from visnet.feedback import events
 from visnet.index import Product, ProductStore, UnknownProductError
-from visnet.index.products import ProductFilter
+from visnet.index.products import PRODUCT_ID_PATTERN, ProductFilter
+from visnet.service import schemas
 
 
 @pytest.fixture
@@ -249,3 +255,21 @@ def test_image_refs_finds_every_ref_with_a_prefix(products: ProductStore) -> Non
         "index:uploads/a/1.jpg", "index:uploads/b/2.jpg", "index:uploads/a/3.jpg",
     }  # fmt: skip
     assert products.image_refs("nothing/") == set()
+
+
+def test_the_product_id_rule_has_one_home_that_the_api_and_the_events_use() -> None:
+    """One pattern, in `visnet.index.products`: the API's paths and the shopper events' product
+    fields take and refuse the same ids, and no module spells the rule again."""
+    assert schemas.PRODUCT_ID_PATTERN is PRODUCT_ID_PATTERN
+    event_rule = TypeAdapter(events.ProductId)
+    for product_id in ["1", "sku_9-a.b", "A" * 64, ".hidden", "..", "a/b", "A" * 65, ""]:
+        valid = re.fullmatch(PRODUCT_ID_PATTERN, product_id) is not None
+        try:
+            event_rule.validate_python(product_id)
+            taken = True
+        except ValidationError:
+            taken = False
+        assert taken == valid, product_id
+    package = Path(visnet.__file__).parent
+    spelled = [p for p in package.rglob("*.py") if PRODUCT_ID_PATTERN in p.read_text("utf-8")]
+    assert spelled == [package / "index" / "products.py"]

@@ -208,3 +208,79 @@ def test_events_refused_for_a_while_are_sent_after_retry_after(browser: Any, sit
     _until(logged, page, "the refused batch again")
     assert page.locator("#banner").is_hidden()
     page.context.close()
+
+
+def _bulk_impressions(page: Any, count: int, products: list[str], prefix: str) -> list[str]:
+    """Queue `count` result lists on the page (as it would after many searches, its sends
+    refused meanwhile); their query ids."""
+    ids = [f"{prefix}-{n:04d}" for n in range(count)]
+    page.evaluate(
+        """([ids, products]) => ids.forEach((queryId) => shopperEvents.shown(
+            {kind: "search", queryId, model: "test-model", products}))""",
+        [ids, products],
+    )
+    return ids
+
+
+def test_the_page_splits_what_waits_into_bodies_a_beacon_takes(browser: Any, site: Site) -> None:
+    """`batches` (through the page): every body at most 60,000 UTF-8 bytes and 50 events, the
+    events in their order, none lost, each body the JSON the service reads."""
+    page = _page(browser)
+    page.goto(site.url + "/")
+    found = page.evaluate(
+        """() => {
+          const events = [];
+          for (let n = 0; n < 180; n++) {
+            const shown = [];
+            for (let p = 1; p <= 1 + (n * 37) % 100; p++) {
+              shown.push({product: "é".repeat(n % 3) + "p".repeat(60) + p, position: p});
+            }
+            events.push({type: "impression", query_id: "q-" + n, query_kind: "search",
+                         model: "m", shown});
+          }
+          const out = shopperEvents.batches(events, "session-0001");
+          return {
+            events,
+            sizes: out.map((b) => new TextEncoder().encode(b.body).length),
+            claimed: out.map((b) => b.size),
+            bodies: out.map((b) => JSON.parse(b.body)),
+          };
+        }"""
+    )
+    bodies = found["bodies"]
+    assert len(bodies) > 1
+    assert found["sizes"] == found["claimed"] and max(found["sizes"]) <= 60_000
+    assert all(b["session"] == "session-0001" and 1 <= len(b["events"]) <= 50 for b in bodies)
+    assert [e for b in bodies for e in b["events"]] == found["events"]
+    # full: each body but the last would be over a limit with the next event
+    sizes, count = found["sizes"], 0
+    for size, body in zip(sizes[:-1], bodies[:-1], strict=True):
+        count += len(body["events"])
+        following = json.dumps(found["events"][count], separators=(",", ":"), ensure_ascii=False)
+        assert len(body["events"]) == 50 or size + 1 + len(following.encode()) > 60_000
+    page.context.close()
+
+
+def test_a_hidden_page_loses_none_of_a_backlog_over_the_beacon_limit(
+    browser: Any, site: Site
+) -> None:
+    """Beacons hold 64 KiB in flight together: a backlog of 200 lists (about 90 kB) goes as
+    beacons under that, and the rest from the tab's next page."""
+    page = _page(browser)
+    _search(page, site, "2.jpg")
+    cards = page.locator("#results .card")
+    products = [cards.nth(i).get_attribute("data-product-id") for i in range(cards.count())]
+    ids = _bulk_impressions(page, 200, products, "backlog")  # all the page keeps
+    shown = [{"product": p, "position": i} for i, p in enumerate(products, 1)]
+    one = {"type": "impression", "query_id": ids[0], "query_kind": "search", "shown": shown}
+    assert len(ids) * len(json.dumps(one, separators=(",", ":"))) > 80 * 1024
+    page.goto(site.url + "/")  # hidden before the 3 s timer: beacons, then the next page
+    path = site.index / "events.sqlite"
+
+    def logged() -> bool:
+        with EventLog(path, create=False) as log:
+            return {s.query_id for s in log.shown_lists()} >= set(ids)
+
+    _until(logged, page, "every list of the backlog")
+    assert page.evaluate("sessionStorage.getItem('visnet.pending')") is None
+    page.context.close()

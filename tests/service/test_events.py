@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from service_helpers import build_tiny_catalog, running_server, service_settings
 from typer.testing import CliRunner
 
 from visnet.cli import app as cli
-from visnet.feedback import EventLog
+from visnet.feedback import EventLog, query_crop_path
+from visnet.feedback import queries as crop_files
 from visnet.service import create_app
 from visnet.service.schemas import ErrorOut, EventsOut, EventsRefusedOut
 from visnet.triplets import ReviewQueue
@@ -66,6 +69,18 @@ def _search(live: Live, photo: str, k: int = 5) -> tuple[dict, dict]:
     answer = live.client.post("/v1/search", files={"image": (photo, data)}, data={"k": str(k)})
     assert answer.status_code == 200, answer.text
     return answer.json(), answer.json()["queries"][0]
+
+
+def _written(live: Live, crop: str, timeout: float = 10.0) -> bool:
+    """Whether the search crop `crop` is on disk within `timeout` s (a background thread
+    writes it after the answer)."""
+    path = query_crop_path(live.index, crop)
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _similar(live: Live, product: str, k: int = 5) -> dict:
@@ -139,7 +154,7 @@ def test_page_events_give_the_hand_computed_report_and_review_triplets(
     assert found_1["model"] == l2["model"] == live.app.state.engine.model_token
     assert l1["query_image"] and l1["query_image"] != l4["query_image"]
     assert len({l1["query_id"], l2["query_id"], l3["query_id"], l4["query_id"]}) == 4
-    assert (live.index / "queries" / f"{l1['query_image']}.jpg").is_file()
+    assert _written(live, l1["query_image"]) and _written(live, l4["query_image"])
 
     cart = {"type": "cart", "product": _ids(l1["results"])[2], "query_id": l1["query_id"]}
     buy = {"type": "purchase", "product": _ids(l2["results"])[3], "query_id": l2["query_id"]}
@@ -222,6 +237,41 @@ def test_page_events_give_the_hand_computed_report_and_review_triplets(
     assert all(t["kind"] == "feedback" and t["model"] == found_1["model"] for t in lines)
     crops = {t["query_image"] for t in lines if t["query_kind"] == "search"}
     assert crops == {l1["query_image"], l4["query_image"]}
+
+
+def test_search_crops_are_written_off_the_request_and_dropped_when_the_writer_lags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that stalls (here: each write waits for the test) delays no search: the answer
+    names its crop at once and a background thread writes it; with the writer's queue full, a
+    search answers without a crop, counted in /metrics."""
+    root, index = build_tiny_catalog(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    atomic_path = crop_files.atomic_path
+
+    @contextmanager
+    def stalled(path: Path) -> Iterator[Path]:
+        entered.set()
+        release.wait(30)
+        with atomic_path(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(crop_files, "atomic_path", stalled)
+    with _serve(index, root, query_crop_queue=1) as live:
+        live.client.timeout = httpx.Timeout(5.0)  # a search that waits for the disk fails
+        try:
+            first = _search(live, "1.jpg")[1]["query_image"]
+            assert entered.wait(5)  # the writer holds the first crop
+            queued = _search(live, "2.jpg")[1]["query_image"]
+            dropped = _search(live, "3.jpg")[1]["query_image"]
+            assert first and queued and dropped is None
+            assert not query_crop_path(live.index, first).exists()
+        finally:
+            release.set()
+        assert _written(live, first) and _written(live, queued)
+        metrics = live.client.get("/metrics").text
+        assert 'visnet_query_crops_total{outcome="dropped"} 1.0' in metrics
+        assert 'visnet_query_crops_total{outcome="written"} 2.0' in metrics
 
 
 # ---- bad events -------------------------------------------------------------------------------
@@ -334,6 +384,72 @@ def test_a_client_past_its_share_gets_429_with_retry_after(tmp_path: Path) -> No
         assert 'visnet_events_total{outcome="accepted"} 4.0' in metrics
 
 
+def test_past_all_clients_share_batches_get_503_events_busy(tmp_path: Path) -> None:
+    """A server-wide bucket beside the per-address one: many addresses (or a proxy's raised
+    share) cannot write faster than the service takes."""
+    root, index = build_tiny_catalog(tmp_path)
+    changes = {"events_burst": 1000, "events_total_burst": 2, "events_total_rate": 0.5}
+    with _serve(index, root, **changes) as live:
+        batch = [{"type": "cart", "product": "1"}]
+        for _ in range(2):
+            assert _accepted(_post(live, SESSION_A, batch)).accepted == 1
+        refused = _post(live, SESSION_B, batch)
+        assert refused.status_code == 503, refused.text
+        assert ErrorOut.model_validate_json(refused.content).error == "events_busy"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 2
+        assert live.client.post("/v1/events", content=b"{").status_code == 503  # body unread
+        with EventLog(live.events, create=False) as log:
+            assert log.counts()["cart"] == 2
+
+
+def test_a_log_past_its_size_cap_answers_507_and_searches_go_on(tmp_path: Path) -> None:
+    root, index = build_tiny_catalog(tmp_path)
+    cap = 160 * 1024
+    with _serve(index, root, events_max_bytes=cap, events_burst=1000) as live:
+        listed = _similar(live, "1", k=8)
+        batch = [{**similar_impression(listed), "query_id": f"query-{n:04d}"} for n in range(20)]
+        answers = [_post(live, SESSION_A, batch) for _ in range(30)]
+        statuses = [a.status_code for a in answers]
+        full = statuses.index(507)
+        assert full > 0 and set(statuses[:full]) == {200} and set(statuses[full:]) == {507}
+        refused = answers[full]
+        assert ErrorOut.model_validate_json(refused.content, strict=True).error == "events_full"
+        assert "Retry-After" not in refused.headers  # full until archived: no point resending
+        wal = live.events.with_name(live.events.name + "-wal")
+        on_disk = live.events.stat().st_size + wal.stat().st_size
+        assert on_disk < cap + 64 * 1024  # over the cap by at most about a batch
+        assert _search(live, "1.jpg")[1]["results"]
+
+
+def test_a_locked_log_answers_503_within_its_lock_timeout_and_holds_no_search_thread(
+    tmp_path: Path,
+) -> None:
+    """Another replica holds the log's write lock: each batch waits `events_lock_timeout`, not
+    30 s, on a writer thread of its own (2 at once, 32 waiting, the rest refused at once), and
+    searches, on the shared pool, are answered meanwhile."""
+    root, index = build_tiny_catalog(tmp_path)
+    with _serve(index, root, events_burst=1000, events_lock_timeout=0.5) as live:
+        other = sqlite3.connect(live.events, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with ThreadPoolExecutor(60) as pool:
+                batch = [{"type": "cart", "product": "1"}]
+                posts = [pool.submit(_post, live, SESSION_A, batch) for _ in range(60)]
+                time.sleep(0.5)  # every post has arrived: 2 written, the others wait
+                start = time.monotonic()
+                assert _search(live, "1.jpg")[1]["results"]
+                assert time.monotonic() - start < 3.0
+                answers = [post.result() for post in posts]
+        finally:
+            other.rollback()
+            other.close()
+        codes = [(a.status_code, a.json()["error"]) for a in answers]
+        assert set(codes) <= {(503, "events_unavailable"), (503, "events_busy")}
+        assert codes.count((503, "events_busy")) >= 60 - 2 - 32
+        assert all(int(a.headers["Retry-After"]) >= 1 for a in answers)
+        assert _accepted(_post(live, SESSION_A, batch)).accepted == 1  # lock gone: logged
+
+
 # ---- the schema -------------------------------------------------------------------------------
 
 
@@ -351,12 +467,14 @@ def test_openapi_documents_the_batch_and_every_answer(live: Live) -> None:
         assert ref.rsplit("/", 1)[1] in schemas
     assert schemas["Shown"]["properties"]["position"]["maximum"] == 100
     answers = operation["responses"]
-    assert {"200", "400", "413", "422", "429", "503"} <= set(answers)
+    assert {"200", "400", "413", "422", "429", "503", "507"} <= set(answers)
     assert answers["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EventsOut")
     assert answers["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/EventsRefusedOut"
     )
     assert "Retry-After" in answers["429"]["headers"]
+    assert "Retry-After" in answers["503"]["headers"]
+    assert "events_full" in answers["507"]["description"]
     assert "security" not in operation  # the page posts it: no key
     search = schemas["SearchOut"]["properties"]
     assert {"model", "index"} <= set(search)

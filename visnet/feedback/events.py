@@ -25,7 +25,9 @@ at that position. A click that matches nothing (its impression never arrived, or
 product or position) is stored as sent, and counted apart as unmatched, never as a click-through:
 the impression may still be in flight when the click is logged, so the join is made when read.
 
-SQLite file (WAL, ``synchronous=FULL``: a batch is on disk before `record` returns)::
+SQLite file (WAL, ``synchronous=FULL``: a batch is on disk before `record` returns; a write
+waits at most ``timeout`` s for another writer's lock, and past ``max_bytes`` on disk, pages and
+write-ahead log, `record` refuses every batch with `EventLogFullError`)::
 
     events(id, received, session, type, query_id, query_kind, model, index_id, anchor,
            query_image, product, position)      one row an event
@@ -36,6 +38,7 @@ SQLite file (WAL, ``synchronous=FULL``: a batch is on disk before `record` retur
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sqlite3
 import threading
@@ -50,6 +53,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from visnet.feedback.queries import CROP_ID_PATTERN
+from visnet.index.products import PRODUCT_ID_PATTERN
 
 __all__ = [
     "EVENTS_FILE",
@@ -63,6 +67,7 @@ __all__ = [
     "Event",
     "EventBatch",
     "EventLog",
+    "EventLogFullError",
     "EventProblem",
     "Impression",
     "ParsedBatch",
@@ -78,15 +83,12 @@ EVENTS_FILE = "events.sqlite"  # the log's name in the index folder: INDEX/event
 MAX_EVENTS = 100  # events one batch may carry
 MAX_POSITION = 100  # the last position a list shows (the service answers at most 100 results)
 ID_PATTERN = r"^[A-Za-z0-9_\-]{8,64}$"  # session and query ids: opaque tokens, nothing readable
-# the service's product id rule (`visnet.service.schemas.PRODUCT_ID_PATTERN`), which sits to the
-# right of this stage and cannot be imported here
-PRODUCT_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$"
 FINGERPRINT_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 QUERY_KINDS = ("search", "similar")
 SCHEMA_VERSION = "1"
 
 TokenId = Annotated[str, Field(pattern=ID_PATTERN, description="an opaque token, 8-64 chars")]
-ProductId = Annotated[str, Field(pattern=PRODUCT_PATTERN, description="a catalog product id")]
+ProductId = Annotated[str, Field(pattern=PRODUCT_ID_PATTERN, description="a catalog product id")]
 Position = Annotated[int, Field(ge=1, le=MAX_POSITION, description="1 is the first result")]
 Fingerprint = Annotated[str, Field(pattern=FINGERPRINT_PATTERN)]
 
@@ -188,6 +190,10 @@ class BatchError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class EventLogFullError(RuntimeError):
+    """The log has reached its size cap (`EventLog` ``max_bytes``): no batch is taken."""
 
 
 class EventProblem(_Strict):
@@ -375,16 +381,32 @@ GROUP BY e.model, e.query_kind, a.type ORDER BY 1, 2, 3
 class EventLog:
     """The event log in one SQLite file; safe across threads (one writer at a time)."""
 
-    def __init__(self, path: Path | str, create: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: Path | str,
+        create: bool = True,
+        timeout: float = 30.0,
+        max_bytes: int | None = None,
+    ) -> None:
+        """`timeout`: seconds a write waits for another writer's lock (another process sharing
+        the file) before `sqlite3.OperationalError` ("database is locked"); `max_bytes`: past
+        this size (`size_bytes`) `record` refuses batches (`EventLogFullError`)."""
+        self.path, self.max_bytes = Path(path), max_bytes
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"event log {self.path} not found")
         # "IMMEDIATE": a write opens its transaction with the write lock, and `with self.db`
         # commits it (or rolls it back on an error) as one batch
         self.db = sqlite3.connect(
-            self.path, isolation_level="IMMEDIATE", timeout=30.0, check_same_thread=False
+            self.path, isolation_level="IMMEDIATE", timeout=timeout, check_same_thread=False
         )
         self._lock = threading.RLock()
+        try:
+            self._prepare(create)
+        except BaseException:  # a file that is no SQLite database, no event log, a full disk
+            self.db.close()
+            raise
+
+    def _prepare(self, create: bool) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         if create:
@@ -395,6 +417,7 @@ class EventLog:
                 )
         elif not self._has_events_table():
             raise ValueError(f"{self.path} is not a VisNet event log (no events table)")
+        self._page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
 
     def _has_events_table(self) -> bool:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
@@ -414,7 +437,36 @@ class EventLog:
     def record(self, session: str, events: Sequence[Impression | Click | Cart | Purchase]) -> int:
         """Log checked events of one session in one transaction; returns how many."""
         received = datetime.now(UTC).isoformat(timespec="milliseconds")
-        with self._lock, self.db as db:
+        with self._lock:
+            self._check_room()
+            self._insert(session, received, events)
+        return len(events)
+
+    def size_bytes(self) -> int:
+        """The log's size on disk: its pages (free ones too) and its write-ahead log; a header
+        read and a stat, cheap enough for every batch."""
+        with self._lock:
+            pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        return pages * self._page_size + wal
+
+    def _check_room(self) -> None:
+        if self.max_bytes is None:
+            return
+        size = self.size_bytes()
+        if size >= self.max_bytes:
+            raise EventLogFullError(
+                f"the event log {self.path} holds {size} bytes, its cap is {self.max_bytes}: "
+                "archive it (and start a new one) or raise the cap (events_max_bytes)"
+            )
+
+    def _insert(
+        self, session: str, received: str, events: Sequence[Impression | Click | Cart | Purchase]
+    ) -> None:
+        with self.db as db:
             for event in events:
                 cursor = db.execute(
                     "INSERT INTO events (received, session, type, query_id, query_kind, model, "
@@ -427,7 +479,6 @@ class EventLog:
                         "INSERT INTO shown VALUES (?, ?, ?)",
                         [(cursor.lastrowid, s.position, s.product) for s in event.shown],
                     )
-        return len(events)
 
     def record_batch(self, body: Any, known_products: KnownProducts | None = None) -> BatchResult:
         """`parse_batch`, then log the good events: the service's whole ``POST /v1/events``."""

@@ -24,7 +24,7 @@ from visnet.index.partitions import exact_topk
 from visnet.index.pca import PCA, l2_normalise
 from visnet.index.products import Facets, Product, ProductFilter, ProductStore, Recommended
 from visnet.index.protocol import IndexMismatchError, VectorStore
-from visnet.index.stores import StoreChoice, open_store, store_manifest
+from visnet.index.stores import StoreChoice, discard_store, open_store, store_manifest
 from visnet.io import write_json_atomic
 
 __all__ = ["CatalogIndex", "Hit", "LookAlikes"]
@@ -57,6 +57,18 @@ class LookAlikes:
 
     hits: list[Hit]
     duplicates: tuple[str, ...] = ()
+
+
+def _let_go(store: VectorStore, created: bool) -> None:
+    """Release the store of an index that failed to open: a store just made (a new Milvus
+    collection) is discarded, one that was there is closed; the first error stays the one raised."""
+    try:
+        if created:
+            discard_store(store)
+        else:
+            store.close()
+    except Exception:
+        log.exception("could not release the vector store of an index that failed to open")
 
 
 def _now() -> str:
@@ -252,8 +264,17 @@ class CatalogIndex:
             )
         choice = choice or StoreChoice()
         store = open_store(path / "vectors", manifest, choice, settings, create)
-        products = ProductStore(path / "products.sqlite")
-        return cls(path, manifest, store, products, pca, duplicate_threshold)
+        try:
+            products = ProductStore(path / "products.sqlite")
+        except BaseException:
+            _let_go(store, create)
+            raise
+        try:
+            return cls(path, manifest, store, products, pca, duplicate_threshold)
+        except BaseException:  # reconciling the two failed
+            products.close()
+            _let_go(store, create)
+            raise
 
     def _reconcile(self) -> None:
         pending = self.products.pending_vector_ids()

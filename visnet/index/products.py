@@ -15,7 +15,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Facets", "Product", "ProductFilter", "ProductStore", "UnknownProductError"]
+__all__ = [
+    "PRODUCT_ID_PATTERN",
+    "Facets",
+    "Product",
+    "ProductFilter",
+    "ProductStore",
+    "UnknownProductError",
+]
+
+# what a product id may be where one comes in from outside (the API, shopper events): the one
+# home of the rule; a file-name-safe token, no leading dot (never "." or ".."): it names a folder
+PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -182,6 +193,13 @@ class ProductStore:
         self.path = str(path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
+        try:
+            self._prepare()
+        except BaseException:  # no SQLite file, a full disk: nothing is left open
+            self._db.close()
+            raise
+
+    def _prepare(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only kill
         self._db.execute("PRAGMA foreign_keys=ON")

@@ -124,7 +124,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.engine, app.state.review = None, None
-    app.state.event_limiter = event_routes.event_limiter(settings)
+    app.state.event_gate = event_routes.EventGate(settings)
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(review_routes.router)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import json
 import logging
 import sqlite3
@@ -26,7 +25,7 @@ from PIL import Image
 from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.features.base import Embedder
 from visnet.feedback.events import BatchResult, EventLog, fingerprint_token
-from visnet.feedback.queries import prune_query_crops, store_query_crop
+from visnet.feedback.queries import QueryCropWriter
 from visnet.images import DecodedImage, ImageLimits, decode_image
 from visnet.index.catalog_index import CatalogIndex, Hit
 from visnet.index.products import Facets, Product, ProductFilter
@@ -49,7 +48,7 @@ __all__ = ["Engine", "LruCache", "load_embedder"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PRUNE_EVERY = 1000  # search crops stored between two prunings of the folder
+PRUNE_EVERY = 1000  # search crops written between two prunings of the folder
 
 
 class LruCache:
@@ -146,11 +145,14 @@ def index_token(manifest: dict[str, Any]) -> str:
     return f"index:{hashlib.sha256(built.encode()).hexdigest()[:16]}"
 
 
-def open_event_log(path: Path) -> EventLog | None:
+def open_event_log(settings: ServiceSettings) -> EventLog | None:
     """The shopper event log; None (events refused, searches served) when it cannot be opened,
     say in a read-only index folder."""
+    path = settings.events_path
     try:
-        return EventLog(path)
+        return EventLog(
+            path, timeout=settings.events_lock_timeout, max_bytes=settings.events_max_bytes
+        )
     except (OSError, sqlite3.Error) as exc:
         log.warning("no shopper events: cannot open %s: %s", path, exc)
         return None
@@ -207,8 +209,8 @@ class Engine:
         # what ranked an answer, as the page's impressions name it (`visnet.feedback.events`)
         self.model_token = fingerprint_token(embedder_fingerprint(embedder), embedder.name)
         self.index_token = index_token(index.manifest)
-        self.events = open_event_log(settings.events_path)
-        self._crops_stored = itertools.count(1)  # thread-safe under the GIL, unlike += 1
+        self.events = open_event_log(settings)
+        self.crops = self._crop_writer()  # search crops, written on a thread of their own
 
     @classmethod
     def load(cls, settings: ServiceSettings, metrics: Metrics) -> Engine:
@@ -229,7 +231,6 @@ class Engine:
             duplicate_threshold=settings.duplicate_threshold,
         )
         engine = cls(settings, embedder, index, detector, metrics)
-        engine.prune_crops()
         if not index.recommendations_current():
             log.info(
                 "the stored recommendation lists were made with another duplicate threshold "
@@ -248,6 +249,8 @@ class Engine:
         return engine
 
     def close(self) -> None:
+        if self.crops is not None:
+            self.crops.close()  # the crops of answered searches are written first
         if self.events is not None:
             self.events.close()
         if self.recommendations.stop():
@@ -324,33 +327,25 @@ class Engine:
         self._timed("search", t)
         return SearchResults(objects, time.perf_counter() - start)
 
-    def keep_crop(self, image: Image.Image) -> str | None:
-        """Store a searched crop for feedback triplets (`visnet.feedback.queries`); its id, or
-        None when crops are not kept or it could not be written (the search is still served)."""
+    def _crop_writer(self) -> QueryCropWriter | None:
+        """The search crops' writer, which prunes them at once; None when crops are not kept."""
         if not self.settings.keep_query_crops:
             return None
-        try:
-            crop = store_query_crop(self.index.path, image)
-        except OSError:
-            log.exception("could not keep a search crop under %s", self.index.path)
-            return None
-        if next(self._crops_stored) % PRUNE_EVERY == 0:
-            self.prune_crops()
-        return crop
+        outcomes = self.metrics.query_crops
+        return QueryCropWriter(
+            self.index.path,
+            max_age_s=self.settings.query_crop_max_age_days * 86400.0,
+            max_total_bytes=self.settings.query_crop_max_bytes,
+            queue_size=self.settings.query_crop_queue,
+            prune_every=PRUNE_EVERY,
+            count=lambda outcome: outcomes.labels(outcome).inc(),
+        )
 
-    def prune_crops(self) -> dict[str, int] | None:
-        """Remove stored search crops past their age or the size cap (settings)."""
-        if not self.settings.keep_query_crops:
-            return None
-        try:
-            return prune_query_crops(
-                self.index.path,
-                max_age_s=self.settings.query_crop_max_age_days * 86400.0,
-                max_total_bytes=self.settings.query_crop_max_bytes,
-            )
-        except OSError:
-            log.exception("could not prune the search crops under %s", self.index.path)
-            return None
+    def keep_crop(self, image: Image.Image) -> str | None:
+        """The id of a searched crop kept for feedback triplets (`visnet.feedback.queries`),
+        written by a background thread; None when crops are not kept or the writer is too far
+        behind to take it (the search is served either way)."""
+        return None if self.crops is None else self.crops.keep(image)
 
     def object_category(self, obj: SearchObject, vector: np.ndarray) -> str | None:
         """The category to search a detected object in when the request names none: its nearest

@@ -65,6 +65,14 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.query_crops = Counter(
+            "visnet_query_crops",
+            "Search crops kept for feedback triplets, by outcome (written; touched: kept "
+            "already; dropped: the writer's queue was full, so the search answered without one; "
+            "failed: could not be written).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.products = Gauge(
             "visnet_index_products", "Products in the catalog index.", registry=self.registry
         )

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from visnet.data.catalog import MAX_BRAND
 from visnet.feedback.events import BatchResult, EventProblem
+from visnet.index.products import PRODUCT_ID_PATTERN
 
 __all__ = [
     "CATEGORY_PATTERN",
@@ -44,7 +45,6 @@ __all__ = [
     "TripletOut",
 ]
 
-PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$"  # no leading dot: never "." or ".."
 CATEGORY_PATTERN = r"^[A-Za-z0-9_.\- ]{1,64}$"
 DEFAULT_K, MAX_K = 20, 100  # results per list: when not asked, and at most
 DEFAULT_PAGE, MAX_PAGE = 24, 100  # products per catalog page: when not asked, and at most

@@ -125,12 +125,28 @@ class ServiceSettings(BaseSettings):
     events_file: Path | None = None
     events_rate: float = Field(2.0, gt=0.0)  # batches a second per client address
     events_burst: int = Field(30, ge=1)  # batches a client address may send at once
+    # all addresses together (many addresses, or a proxy's raised share, cannot flood the log):
+    # events_total_burst batches at once and events_total_rate more a second, past that 503
+    # `events_busy` with Retry-After; at most 2 batches are written at once, on threads of their
+    # own (a search never waits for the log), and 32 wait (one more: 503 `events_busy`)
+    events_total_rate: float = Field(100.0, gt=0.0)
+    events_total_burst: int = Field(500, ge=1)
+    # The log's size cap (its pages and write-ahead log, checked before each batch): past it
+    # each batch is answered 507 `events_full` until the log is archived or the cap raised. The
+    # log lives beside the index by default, and a full disk would stop catalog writes too.
+    events_max_bytes: int = Field(1024**3, ge=64 * 1024)
+    # a batch waits this long for the log's write lock (replicas sharing it) before 503
+    # `events_unavailable` with Retry-After, so a locked log holds no thread for long
+    events_lock_timeout: float = Field(1.0, gt=0.0, le=60.0)
     # Keep each searched crop (shrunk to 512 px, INDEX/queries/) so `visnet triplets feedback`
     # can make triplets from clicks on search results; crops unused for query_crop_max_age_days
     # are removed at startup and as crops are added, the oldest first past query_crop_max_bytes.
+    # One background thread writes them; a crop that finds query_crop_queue crops waiting is
+    # not kept (its search answers query_image null; /metrics counts it), never waited for.
     keep_query_crops: bool = True
     query_crop_max_age_days: float = Field(30.0, gt=0.0)
     query_crop_max_bytes: int = Field(2 * 1024**3, ge=1)
+    query_crop_queue: int = Field(64, ge=1)
 
     @field_validator(
         "index",

@@ -3,18 +3,25 @@
 // and index that ranked it) and each result opened (a click), sent in batches a few seconds
 // apart, at once after a click, and when the page is hidden. The only thing about the shopper
 // is an opaque random session id, kept in sessionStorage (gone when the tab closes).
+// A hidden page sends with navigator.sendBeacon, whose requests (like keepalive fetches) may hold
+// only 64 KiB in flight together: what waits goes in batches under 60 kB while they fit, and the
+// rest waits in sessionStorage for the tab's next page (or this one, shown again).
 // Best effort: a failed or refused send is never shown and never breaks the page.
 "use strict";
 
 const shopperEvents = (() => {
   const URL = "/v1/events";
   const SESSION_STORE = "visnet.session";
+  const PENDING_STORE = "visnet.pending"; // what a hidden page could not send, for the next one
   const ID = /^[A-Za-z0-9_-]{8,64}$/; // the service's session and query id rule
   const FLUSH_MS = 3000; // impressions wait this long for company
   const MAX_BATCH = 50; // events a request (the service takes 100)
   const MAX_QUEUE = 200; // events kept while the service cannot take them; the oldest go first
   const MAX_SHOWN = 100; // positions one impression names
   const PAUSE_MS = 10000; // after a failed send, before the next try
+  const MAX_BODY = 60000; // bytes a request body (UTF-8)
+  const BEACON_BYTES = 64000; // bytes of beacons a hidden page sends at once: 64 KiB in flight
+  const encoder = new TextEncoder();
   let queue = [];
   let timer = null;
   let pausedUntil = 0;
@@ -54,9 +61,9 @@ const shopperEvents = (() => {
     if (timer === null) timer = setTimeout(() => flush(false), pausedUntil - Date.now());
   }
 
-  function send(batch, body) {
-    // keepalive (the send outlives a navigation) holds at most 64 KiB in flight
-    const keepalive = body.length < 60000;
+  function send(batch, body, keepalive = true) {
+    // keepalive: the send outlives a navigation, but only within the 64 KiB in flight; when
+    // that is taken, the same request without it
     const headers = { "Content-Type": "application/json" };
     fetch(URL, { method: "POST", headers, body, keepalive })
       .then((response) => {
@@ -65,10 +72,61 @@ const shopperEvents = (() => {
           later(batch, parseInt(response.headers.get("Retry-After"), 10));
         }
       })
-      .catch(() => later(batch, 0));
+      .catch(() => (keepalive ? send(batch, body, false) : later(batch, 0)));
   }
 
-  // Send what waits; `leaving`: the page is being hidden, so sendBeacon, which outlives it.
+  // Events as request bodies, in order: each at most MAX_BATCH events and MAX_BODY bytes (an
+  // event bigger than that alone, which the page never makes, goes alone).
+  function batches(events, sessionId) {
+    const bytes = (text) => encoder.encode(text).length;
+    const empty = bytes(JSON.stringify({ session: sessionId, events: [] }));
+    const out = [];
+    let batch = [];
+    let size = empty;
+    const close = () => {
+      const body = JSON.stringify({ session: sessionId, events: batch });
+      if (batch.length) out.push({ batch, body, size });
+      batch = [];
+      size = empty;
+    };
+    for (const event of events) {
+      const more = bytes(JSON.stringify(event));
+      if (batch.length >= MAX_BATCH || (batch.length && size + 1 + more > MAX_BODY)) close();
+      size += (batch.length ? 1 : 0) + more;
+      batch.push(event);
+    }
+    close();
+    return out;
+  }
+
+  // Keep events, after those kept already, for the tab's next page (sessionStorage); false when
+  // storage is blocked.
+  function keep(events) {
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(PENDING_STORE) || "[]");
+      const all = (Array.isArray(kept) ? kept : []).concat(events).slice(-MAX_QUEUE);
+      sessionStorage.setItem(PENDING_STORE, JSON.stringify(all));
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
+  // Take back what an earlier page of this tab (or this page, hidden) kept, to send soon.
+  function restore() {
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(PENDING_STORE) || "[]");
+      sessionStorage.removeItem(PENDING_STORE);
+      if (!Array.isArray(kept) || !kept.length) return;
+      queue = kept.concat(queue).slice(-MAX_QUEUE);
+      if (timer === null) timer = setTimeout(() => flush(false), FLUSH_MS);
+    } catch (_) {
+      // nothing kept, or storage blocked
+    }
+  }
+
+  // Send what waits; `leaving`: the page is being hidden, so beacons, which outlive it, as many
+  // as the browser takes at once, and the rest kept for the next page.
   function flush(leaving) {
     clearTimeout(timer);
     timer = null;
@@ -78,12 +136,18 @@ const shopperEvents = (() => {
         timer = setTimeout(() => flush(false), pausedUntil - Date.now()); // still waiting
         return;
       }
-      while (queue.length) {
-        const batch = queue.splice(0, MAX_BATCH);
-        const body = JSON.stringify({ session: session(), events: batch });
+      const waiting = queue;
+      queue = [];
+      let room = leaving && navigator.sendBeacon ? BEACON_BYTES : 0;
+      let unsent = [];
+      for (const { batch, body, size } of batches(waiting, session())) {
+        if (!leaving) send(batch, body);
         // a beacon goes as text/plain (no preflight); the service reads it as JSON
-        const beaconed = leaving && navigator.sendBeacon && navigator.sendBeacon(URL, body);
-        if (!beaconed) send(batch, body);
+        else if (size <= room && navigator.sendBeacon(URL, body)) room -= size;
+        else unsent = unsent.concat(batch);
+      }
+      if (unsent.length && !keep(unsent)) {
+        batches(unsent, session()).forEach((b) => send(b.batch, b.body, false)); // best effort
       }
     } catch (_) {
       queue = []; // never a reason to break the page
@@ -132,8 +196,10 @@ const shopperEvents = (() => {
   );
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "hidden") flush(true);
+    else restore(); // shown again: what it kept goes from here
   });
   window.addEventListener("pagehide", () => flush(true));
+  restore(); // what the tab's previous page could not send
 
-  return { shown, clicked, flush };
+  return { shown, clicked, flush, batches };
 })();
