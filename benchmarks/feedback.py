@@ -25,6 +25,17 @@
 
 Each stage's output stays in `--work` and is reused by a rerun with the same options (a killed
 training resumes); other options need another `--work`.
+
+Notes: Learning from clicks, simulated (`python benchmarks/feedback.py --data data/demo --work
+runs/click-sim`, 2026-12-02, 102 min on 2 cores): a feedback split of 403 training products
+(1,209 street photos) carved out before training; the default recipe trained without them; 4,836
+simulated searches (position bias, 10% noise clicks) gave 4,587 clicks (4,098 on the true
+product); `visnet triplets feedback` proposed 1,297 skip-above triplets, the simulated reviewer
+approved 66 (rejected 705 noise, 526 showing a test product); retrained with them, recall@1 on
+the untouched test split 0.924 [0.910, 0.936] before and 0.932 [0.919, 0.943] after (Wilson
+95%), recall@20 0.9975 both: a gain inside the intervals. The first result was already right for
+82.5% of searches, so few clicks fall below a skipped result: clicks teach little where the
+model is already good.
 """
 
 from __future__ import annotations
