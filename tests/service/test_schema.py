@@ -26,6 +26,5 @@ def test_a_short_schema_fuzz_finds_no_violations_and_no_server_errors(tmp_path: 
         "GET /v1/products/{product_id}/similar",
         "GET /v1/products/{product_id}",
         "GET /v1/products",
-        "POST /v1/events",
     ):
         assert "200" in answered[operation], answered  # real ids reach the real answers
