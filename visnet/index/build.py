@@ -128,30 +128,22 @@ def _relative(image: str, root: Path) -> str:
 
 
 def _embed(
-    source: Path, embedder: Embedder, embeddings: Path | None
+    source: Path, embedder: Embedder, out: Path, embeddings: Path | None
 ) -> tuple[Vectors, list[CatalogRow], dict[str, Any]]:
     """(vectors, rows, {model, fingerprint, dim, skipped}) of every readable catalog view: in
-    memory, or memory-mapped from the job's shards when `embeddings` names their folder."""
+    memory, or memory-mapped from the job's shards in `embeddings` (by default `OUT.embeddings`
+    for a catalog of more than `STREAM_VIEWS` views, too large to embed in memory)."""
+    rows = catalog_rows(source) if embeddings is None else []
+    if embeddings is None and len(rows) > STREAM_VIEWS:
+        embeddings = out.with_name(f"{out.name}.embeddings")
+        log.info("%d catalog views: embedding into resumable shards in %s", len(rows), embeddings)
     if embeddings is not None:
         run_embed_job(source, embedder, embeddings)
         return open_shards(embeddings)
     settings = PipelineSettings(desc="embed catalog", progress=True)
-    vectors, rows, skipped = embed_catalog(catalog_rows(source), embedder, settings)
+    vectors, kept, skipped = embed_catalog(rows, embedder, settings)
     model = {"model": embedder.name, "fingerprint": embedder_fingerprint(embedder)}
-    return vectors, rows, {**model, "dim": embedder.dim, "skipped": skipped}
-
-
-def _streamed(source: Path, out: Path, embeddings: Path | None) -> Path | None:
-    """The shards folder to use: the one named, else `OUT.embeddings` for a catalog too large
-    to embed in memory, else None."""
-    if embeddings is not None:
-        return embeddings
-    views = len(catalog_rows(source))
-    if views <= STREAM_VIEWS:
-        return None
-    folder = out.with_name(f"{out.name}.embeddings")
-    log.info("%d catalog views: embedding into resumable shards in %s", views, folder)
-    return folder
+    return vectors, kept, {**model, "dim": embedder.dim, "skipped": skipped}
 
 
 def fit_reduction(vectors: Vectors, rows: list[CatalogRow], dim: int) -> PCA | None:
@@ -176,8 +168,9 @@ def build_index(
     None embeds in memory and writes no shards.
     """
     source, out = Path(source), Path(out)
-    shards = _streamed(source, out, Path(embeddings) if embeddings else None)
-    vectors, rows, manifest = _embed(source, embedder, shards)
+    vectors, rows, manifest = _embed(
+        source, embedder, out, Path(embeddings) if embeddings else None
+    )
     if not rows:
         raise ValueError(f"{source}: the catalog has no readable images; nothing to index")
     pca = fit_reduction(vectors, rows, dim)
