@@ -12,7 +12,10 @@ catalog product keeps its best similarity to any crop, less SCORE_WEIGHT x log(b
 score)), at several margins; recall is also given as a ratio to the true box's. A last line
 gives how often the best box's category is right, overall and where the detector is at least 0.7
 sure of it. This is the
-table the crop settings in visnet/detect/crops.py were chosen from.
+table the crop settings in visnet/detect/crops.py were chosen from. A second table splits the
+photos by how well the shopper's box (at the first margin) covers the product, its IoU with the
+true box, and counts the photos the box loses against the true box in each band: whether the gap
+is the detector's boxes or the embedding's reading of them.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import read_set
 from visnet.detect import Detector, query_boxes
-from visnet.detect.crops import SCORE_WEIGHT, shoppers_box
+from visnet.detect.crops import SCORE_WEIGHT, box_iou, shoppers_box
 from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.eval.cache import EmbeddingCache, data_fingerprint, default_cache_dir
 from visnet.eval.metrics import dedupe_products
 from visnet.eval.protocol import embed_shop
 from visnet.images import crop_with_margin, load_image
 from visnet.training.trainer import TrainSettings, _split  # the trainer's own held-out products
+
+IOU_BANDS = ((0.0, 0.5), (0.5, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01))
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,6 +70,7 @@ def main() -> None:
         catalog[category] = (shop.vectors[[r for r, _ in views]], [p for _, p in views])
 
     hits: dict[str, list[tuple[bool, bool]]] = {}
+    ious: list[float] = []  # the shopper's box against the true box, per photo
     labels: list[tuple[float, bool]] = []
     for pair in tqdm(pairs, desc="queries", unit="photo"):
         image = load_image(data.photo_path(pair.photo))
@@ -75,6 +81,7 @@ def main() -> None:
         crops = {"true box": [(crop_with_margin(image, pair.bbox.as_xyxy(), 0.0), 0.0)]}
         crops["whole photo"] = [(image, 0.0)]
         clicked = shoppers_box(found, pair.bbox.as_xyxy())  # empty: nothing found, whole photo
+        ious.append(box_iou(clicked[0][0], pair.bbox.as_xyxy()) if clicked else 0.0)
         for margin in args.margins:
             crops[f"shopper's box, margin {margin}"] = [
                 (crop_with_margin(image, clicked[0][0], margin) if clicked else image, 0.0)
@@ -103,12 +110,31 @@ def main() -> None:
             f"| {name} | {100 * r1:.1f} | {100 * r20:.1f} | {r1 / reference[0]:.2f} | "
             f"{r20 / reference[1]:.2f} |"
         )
+    print_by_iou(np.array(ious), hits, f"shopper's box, margin {args.margins[0]}")
     sure, right = (np.array(v) for v in zip(*labels, strict=True))
     print(
         f"\nbest box's category right: {100 * right.mean():.0f}% of {len(right)} photos; "
         f"{100 * right[sure >= 0.7].mean():.0f}% of the {int((sure >= 0.7).sum())} "
         "where the detector is at least 0.7 sure"
     )
+
+
+def print_by_iou(ious: np.ndarray, hits: dict[str, list[tuple[bool, bool]]], name: str) -> None:
+    """Where the shopper's box loses against the true box: recall@1 of both by how well the box
+    covers the product (IoU with the true box), and the photos lost in each band."""
+    true_box = np.array([r1 for r1, _ in hits["true box"]])
+    shopper = np.array([r1 for r1, _ in hits[name]])
+    print(f"\n{name} by its IoU with the true box\n")
+    print("| IoU | photos | true box recall@1 | shopper's box recall@1 | photos lost |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for low, high in IOU_BANDS:
+        band = (ious >= low) & (ious < high)
+        if band.any():
+            lost = int(true_box[band].sum() - shopper[band].sum())
+            print(
+                f"| {low:.1f}-{min(high, 1.0):.1f} | {int(band.sum())} | "
+                f"{100 * true_box[band].mean():.1f} | {100 * shopper[band].mean():.1f} | {lost} |"
+            )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ def main() -> None:
         exact_qps, exact_found = timed_pass(
             lambda q: np.argsort(-(x @ q[0]))[: args.k][None, :], queries[: args.exact_queries]
         )
-        fresh = freshness(store, clustered(args.fresh_trials, args.dim, centres, rng), args.n)
+        fresh, missed = freshness(
+            store, clustered(args.fresh_trials, args.dim, centres, rng), args.n, k=args.k
+        )
         store.close()
     report(
         args,
@@ -99,6 +101,7 @@ def main() -> None:
         exact_qps,
         recall(exact_found, truth[: args.exact_queries]),
         fresh,
+        missed,
     )
 
 
@@ -167,7 +170,7 @@ def _sweep_ef(raw, store, queries, truth, args, threads) -> list[tuple]:
     return rows
 
 
-def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh) -> None:
+def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh, missed) -> None:
     print(
         f"\n{args.n:,} clustered {args.dim}-D vectors, {args.clusters} clusters, "
         f"k={args.k}, HNSW M={args.M} ef_construction={args.ef_construction}, "
@@ -199,7 +202,8 @@ def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh) -> 
     ms = [t * 1000 for t in fresh]
     print(
         f"upsert -> visible in the next search ({len(ms)} trials): "
-        f"median {statistics.median(ms):.2f} ms, p95 {percentile(ms, 0.95):.2f} ms"
+        f"median {statistics.median(ms):.2f} ms, p95 {percentile(ms, 0.95):.2f} ms; "
+        f"{missed} not in the next query's top {args.k}"
     )
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -81,7 +81,7 @@ def measure(
         row["recall"] = recall(found, truth)
     rng = np.random.default_rng([args.seed, 9])
     fresh = clustered(args.fresh_trials, x.shape[1], centres_for(len(x), x.shape[1], None, 0), rng)
-    times = freshness(store, fresh, len(x))  # type: ignore[arg-type]  # any VectorStore
+    times, row["fresh_missed"] = freshness(store, fresh, len(x), k=args.k)  # type: ignore[arg-type]
     row["fresh_p50"], row["fresh_p95"] = percentile(times, 0.5), percentile(times, 0.95)
     return row
 

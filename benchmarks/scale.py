@@ -11,11 +11,15 @@ core: the precomputation's queries) and upsert-to-visible latency. A Pareto plot
 between ``<!-- scale:begin -->`` and ``<!-- scale:end -->``.
 
     python benchmarks/scale.py --n 100000                       # a few minutes: a check
-    python benchmarks/scale.py --n 1000000,3000000 --kinds exact,hnsw --out runs/scale-3m \\
+    # docs/SCALE.md's runs (about an hour on 2 cores; 10M float32 vectors would not fit in RAM)
+    python benchmarks/scale.py --n 1000000 --kinds exact,hnsw,compressed --out runs/scale-1m \\
         --workdir runs
-    python benchmarks/scale.py --n 1000000,3000000,10000000 --kinds compressed \\
-        --out runs/scale-10m --workdir runs --include runs/scale-3m/results.json \\
-        --doc docs/SCALE.md --plot docs/scale.png     # 10M float32 vectors would not fit in RAM
+    python benchmarks/scale.py --n 3000000 --kinds hnsw,compressed --precompute 0 \\
+        --out runs/scale-3m --workdir runs --include runs/scale-1m/results.json
+    python benchmarks/scale.py --n 10000000 --kinds compressed --precompute 0 \\
+        --out runs/scale-10m --workdir runs \\
+        --include runs/scale-1m/results.json runs/scale-3m/results.json \\
+        --doc docs/SCALE.md --plot docs/scale.png
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -197,7 +202,8 @@ def measure(kind: str, n: int, opts: dict, truth_file: str) -> dict:
             points.append({"label": label, **time_point(store, queries, truth, args, threads)})
         centres = centres_for(n, args.dim, args.clusters, args.seed)
         fresh = clustered(args.fresh_trials, args.dim, centres, np.random.default_rng(7))
-        fresh_ms = [t * 1000 for t in freshness(store, fresh, n)]
+        fresh_s, fresh_missed = freshness(store, fresh, n, k=args.k)
+        fresh_ms = [t * 1000 for t in fresh_s]
         store.close()
     return {
         "kind": kind,
@@ -209,6 +215,7 @@ def measure(kind: str, n: int, opts: dict, truth_file: str) -> dict:
         "peak_bytes": after["VmHWM"],
         **disk,
         "fresh_ms": {"median": statistics.median(fresh_ms), "p95": percentile(fresh_ms, 0.95)},
+        "fresh_missed": f"{fresh_missed} of {len(fresh)} not in the next query's top {args.k}",
         "points": points,
         "load": os.getloadavg(),
     }
@@ -280,6 +287,8 @@ def table(results: list[dict]) -> str:
         for r in (r for r in results if r["n"] == n):
             per = {name: r[name] / n for name in ("ram_bytes", "page_cache_bytes", "disk")}
             fresh = f"{r['fresh_ms']['median']:.1f}/{r['fresh_ms']['p95']:.1f}"
+            if r.get("fresh_missed", "0").split()[0] != "0":
+                fresh += f" ({r['fresh_missed']})"
             for p in r["points"]:
                 qps = [f"{p['qps'].get(t, 0):,.0f}" for t in ("1", "2")]
                 lines.append(
@@ -309,7 +318,8 @@ def projection(results: list[dict], rates: dict[str, float], target: int) -> str
     """Memory, disk, build and precompute time at ``target`` products, per kind, from growth."""
     lines = [
         f"| kind | sizes measured | RAM GB at {target:,} | page cache GB | disk GB | build h "
-        "| fastest point with recall@10 >= 0.95 (recall where measured, q/s 2 threads there) "
+        "| fastest point with recall@10 >= 0.95 at the largest size measured (its recall "
+        f"there; its q/s with 2 threads fitted to {target:,}) "
         "| precompute h (k=20) |",
         "|" + " --- |" * 8,
     ]
@@ -422,30 +432,44 @@ def main() -> None:
     if args.precompute:
         for kind in kinds:
             rates[kind] = in_fresh_process(precompute_rate, kind, args.precompute, opts)
-    (args.out / "results.json").write_text(json.dumps({"results": results, "precompute": rates}))
+    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    runs = [{"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "load": load}]
+    counted = args.precompute if rates else 0  # products the precompute rates were timed on
+    saved_now = {"results": results, "precompute": rates, "runs": runs, "precompute_n": counted}
+    (args.out / "results.json").write_text(json.dumps(saved_now))
     for earlier in args.include:
         saved = json.loads(earlier.read_text())
         results, rates = saved["results"] + results, {**saved["precompute"], **rates}
-    report = render(args, results, rates)
+        counted = counted or saved.get("precompute_n", 0)
+        runs = saved.get("runs", []) + runs
+    report = render(args, results, rates, runs, counted)
     print(report)
     plot(results, args.plot or args.out / "scale.png")
     if args.doc:
         write_doc(args.doc, report)
 
 
-def render(args: argparse.Namespace, results: list[dict], rates: dict[str, float]) -> str:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+def render(
+    args: argparse.Namespace,
+    results: list[dict],
+    rates: dict[str, float],
+    runs: list[dict],
+    counted: int,
+) -> str:
+    measured = "; ".join(
+        f"`{r['command']}` ({r['date']}; load average at its end {r['load']})" for r in runs
+    )
     lines = [
-        f"Measured by `python benchmarks/scale.py --n {args.n} --kinds {args.kinds}` on "
-        f"{os.cpu_count()} cores ({args.dim}-D, k={args.k}, {args.queries} queries, median of "
-        f"{args.runs} passes; load average at the end {load}).",
+        f"Measured on {os.cpu_count()} cores ({args.dim}-D, k={args.k}, {args.queries} queries, "
+        f"median of {args.runs} passes) by {measured}.",
         "",
         table(results),
         "",
     ]
     if rates:
         lines += [
-            f"Precomputation (`CatalogIndex.precompute_similar`, k=20) over {args.precompute:,} "
+            f"Precomputation (`CatalogIndex.precompute_similar`, k=20) over {counted:,} "
             "one-view products: "
             + ", ".join(f"{kind} {rate:,.0f} products/s" for kind, rate in rates.items()),
             "",

@@ -11,7 +11,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 import visnet
-from visnet.feedback import events
+from visnet.feedback import event_schema
 from visnet.index import Product, ProductStore, UnknownProductError
 from visnet.index.products import PRODUCT_ID_PATTERN, ProductFilter
 from visnet.service import schemas
@@ -261,7 +261,7 @@ def test_the_product_id_rule_has_one_home_that_the_api_and_the_events_use() -> N
     """One pattern, in `visnet.index.products`: the API's paths and the shopper events' product
     fields take and refuse the same ids, and no module spells the rule again."""
     assert schemas.PRODUCT_ID_PATTERN is PRODUCT_ID_PATTERN
-    event_rule = TypeAdapter(events.ProductId)
+    event_rule = TypeAdapter(event_schema.ProductId)
     for product_id in ["1", "sku_9-a.b", "A" * 64, ".hidden", "..", "a/b", "A" * 65, ""]:
         valid = re.fullmatch(PRODUCT_ID_PATTERN, product_id) is not None
         try:

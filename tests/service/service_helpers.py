@@ -1,5 +1,6 @@
-"""Service test helpers: a real server in a thread, a tiny catalog, a review queue, and how to
-start Debian's Chromium for the page (headless, no network, never `playwright install`).
+"""Service test helpers: a real server in a thread (or a `visnet serve` process waited for), a
+tiny catalog, a review queue, and how to start Debian's Chromium for the page (headless, no
+network, never `playwright install`).
 
 Tests import it by name (pyproject's pytest `pythonpath` puts tests/service/ on the path);
 benchmarks/ and scripts/ put tests/service/ on `sys.path` first."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 
 from visnet.service.settings import ENV_PREFIX, ServiceSettings, load_settings
@@ -28,6 +31,7 @@ __all__ = [
     "seed_review_queue",
     "service_settings",
     "triplet_lines",
+    "wait_ready",
 ]
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,6 +82,28 @@ def running_server(
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def wait_ready(
+    port: int, server: subprocess.Popen, seconds: float = 90.0, log: Path | None = None
+) -> httpx.Response:
+    """The first answer of a `visnet serve` process's `/readyz` on ``port``; fails with the
+    process's output (from ``log``, or its pipe once it has exited) if it exits or never
+    answers. A server still running at the deadline is killed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    if server.poll() is None:
+        server.kill()
+    if log is not None:
+        output = log.read_text(errors="replace")[-4000:]
+    else:
+        output = server.communicate(timeout=10)[0] or b""
+        output = output.decode(errors="replace")[-4000:] if isinstance(output, bytes) else output
+    raise AssertionError(f"the server never answered /readyz (exit {server.poll()}):\n{output}")
 
 
 def build_tiny_catalog(folder: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -11,14 +11,19 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_helpers import build_tiny_catalog, free_port, running_server, service_settings
+from service_helpers import (
+    build_tiny_catalog,
+    free_port,
+    running_server,
+    service_settings,
+    wait_ready,
+)
 
 from visnet.embed.registry import create_embedder
 from visnet.index import CatalogIndex
@@ -89,17 +94,9 @@ def _serve(index: Path, port: int, env: dict[str, str], log: Path) -> subprocess
     full = {**os.environ, **env, "VISNET_API_KEY": KEY}
     with log.open("ab") as sink:
         server = subprocess.Popen(command, env=full, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError(f"the server did not start: {log.read_text()[-2000:]}")
+    ready = wait_ready(port, server, 60, log)
+    assert ready.status_code == 200, log.read_text()[-2000:]
+    return server
 
 
 class Writer(threading.Thread):

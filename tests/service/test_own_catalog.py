@@ -16,11 +16,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from service_helpers import free_port
+from service_helpers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "catalog"
@@ -71,17 +70,6 @@ def localised(words: list[str], catalog: Path, index: Path, port: int) -> list[s
     if out[1:2] == ["serve"]:
         out += ["--port", str(port)]
     return out
-
-
-def wait_ready(port: int, server: subprocess.Popen, seconds: float = 90) -> httpx.Response:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.3)
-    output = server.communicate(timeout=10)[0].decode() if server.poll() is not None else ""
-    raise AssertionError(f"the server never answered /readyz:\n{output}")
 
 
 def test_readme_commands_index_a_folder_of_images_and_serve_it(tmp_path: Path) -> None:

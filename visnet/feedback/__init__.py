@@ -1,14 +1,12 @@
 """Learning from shoppers: the event log, click-through reports, and triplets for review."""
 
-from visnet.feedback.events import (
-    EVENTS_FILE,
+from visnet.feedback.event_log import EVENTS_FILE, EventLog, EventLogFullError
+from visnet.feedback.event_schema import (
     MAX_EVENTS,
     BatchError,
     BatchResult,
     Event,
     EventBatch,
-    EventLog,
-    EventLogFullError,
     EventProblem,
     fingerprint_token,
     new_query_id,

@@ -4,7 +4,7 @@ A list is one result list as first shown in a session (`EventLog.shown_lists`); 
 position of one list. CTR at a position = clicked slots / shown slots there; the kind's list CTR
 = lists with at least one click / lists; its slot CTR = clicked slots / shown slots. Each rate
 has its Wilson score interval (95%), which stays inside [0, 1] and is honest for few lists.
-Clicks that match no list are counted, never rated (`visnet.feedback.events`).
+Clicks that match no list are counted, never rated (`visnet.feedback.event_log`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visnet.feedback.events import EventLog
+from visnet.feedback.event_log import EventLog
 from visnet.io import atomic_path, make_folders, write_json_atomic
 
 __all__ = [

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from visnet.feedback.events import EventLog, ShownList
+from visnet.feedback.event_log import EventLog, ShownList
 from visnet.feedback.queries import query_crop_path
 from visnet.index.products import ProductStore, UnknownProductError
 from visnet.index.refs import product_image, recorded_catalog_root

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import shlex
 import threading
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
-from visnet.index.duplicates import DUPLICATE_THRESHOLD, collapse
+from visnet.index.duplicates import DUPLICATE_THRESHOLD
 from visnet.index.embedded import StoreSettings
-from visnet.index.partitions import exact_topk
+from visnet.index.look_alikes import (
+    THRESHOLD_META,
+    Hit,
+    LookAlikes,
+    look_alikes_of,
+    precompute_lists,
+    top_products,
+)
 from visnet.index.pca import PCA, l2_normalise
-from visnet.index.products import Facets, Product, ProductFilter, ProductStore, Recommended
+from visnet.index.products import Facets, Product, ProductFilter, ProductStore
 from visnet.index.protocol import IndexMismatchError, VectorStore
 from visnet.index.stores import StoreChoice, discard_store, open_store, store_manifest
 from visnet.io import write_json_atomic
@@ -37,26 +39,6 @@ MANIFEST = "manifest.json"
 # product, about 5 ms for 20,000 512-D vectors); a wider one by the store's own search, widened
 # until k products that pass come back (it passes a share of at least this over the catalog)
 FILTER_EXACT_LIMIT = 20_000
-THRESHOLD_META = "duplicate_threshold"  # the collapse threshold the stored lists were made with
-PROGRESS_META = "precompute_progress"  # a precomputation's settings and its last stored product
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One product in a result list, with its best view's inner-product score and the other
-    products listing the same picture, collapsed into it (`visnet.index.duplicates`)."""
-
-    product_id: str
-    score: float
-    duplicates: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LookAlikes:
-    """A product's look-alikes, and its own other listings (near-duplicates of it, left out)."""
-
-    hits: list[Hit]
-    duplicates: tuple[str, ...] = ()
 
 
 def _let_go(store: VectorStore, created: bool) -> None:
@@ -379,7 +361,7 @@ class CatalogIndex:
         """The k products whose views best match one query embedding, optionally in a category
         and passing ``filters``, near-duplicate listings collapsed."""
         query = self.prepare(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
-        return self._top_products([query], k, category, [None], filters)[0][0]
+        return top_products(self, [query], k, category, [None], filters, FILTER_EXACT_LIMIT)[0][0]
 
     def similar(
         self,
@@ -399,93 +381,7 @@ class CatalogIndex:
         filters: ProductFilter | None = None,
     ) -> LookAlikes:
         """``similar``, and the product's own other listings, which its look-alikes leave out."""
-        product = self.products.get(product_id)
-        views = self.store.get(self.products.vector_ids(product_id))
-        category = product.category if same_category else None
-        hits, own = self._top_products([views], k, category, [product_id], filters)[0]
-        return LookAlikes(hits, tuple(pid for pid, _ in own))
-
-    def _top_products(
-        self,
-        groups: list[np.ndarray],
-        k: int,
-        category: str | None,
-        seeds: list[str | None],
-        filters: ProductFilter | None = None,
-    ) -> list[tuple[list[Hit], list[tuple[str, float]]]]:
-        """For each group of query rows: the top-k products (views collapsed by max score,
-        listings of one picture into one hit), and the listings of the group's seed product
-        (its look-alikes' query: left out, and said apart)."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1; got {k}")
-        queries = np.concatenate(groups)
-        starts = np.cumsum([0, *(len(g) for g in groups)])
-        fetch = 4 * k + 8  # products have a few views each, and the query's own may come back
-        allowed: tuple[np.ndarray, np.ndarray] | None = None  # a narrow filter's (ids, vectors)
-        while True:
-            if allowed is None:
-                ids, scores = self.store.search(queries, fetch, category)
-            else:
-                ids, scores = exact_topk(*allowed, queries, fetch)
-            owners = self.products.owners(ids.ravel().tolist())
-            if filters and allowed is None:  # a wide filter: keep what passes
-                passing = self.products.matching(owners.values(), filters)
-                owners = {vid: pid for vid, pid in owners.items() if pid in passing}
-            ranked = [
-                _rank(ids[a:b], scores[a:b], owners, seed)
-                for a, b, seed in zip(starts[:-1], starts[1:], seeds, strict=True)
-            ]
-            found = self._collapse(ranked, groups, seeds, k)
-            limit = self.store.count() if allowed is None else len(allowed[0])
-            if all(len(hits) >= k for hits, _ in found) or fetch >= limit:
-                return found
-            if filters and allowed is None:  # short: a narrow filter, searched over its vectors
-                narrow = self.products.filtered_vector_ids(filters, category, FILTER_EXACT_LIMIT)
-                if narrow is not None:
-                    allowed = (narrow, self.store.get(narrow))
-                    continue
-            fetch *= 4
-
-    def _collapse(
-        self,
-        ranked: list[list[tuple[str, float]]],
-        groups: list[np.ndarray],
-        seeds: list[str | None],
-        k: int,
-    ) -> list[tuple[list[Hit], list[tuple[str, float]]]]:
-        threshold = self.duplicate_threshold
-        views = {} if threshold is None else self._listing_views({p for r in ranked for p, _ in r})
-        out = []
-        for products, group, seed in zip(ranked, groups, seeds, strict=True):
-            products = [
-                (pid, score) for pid, score in products if threshold is None or pid in views
-            ]
-            kept, own = collapse(products, views, threshold, k, group if seed else None)
-            hits = [Hit(g.product_id, g.score, tuple(g.duplicates)) for g in kept]
-            scores = dict(products)
-            out.append((hits, [(pid, scores[pid]) for pid in own]))
-        return out
-
-    def _listing_views(self, product_ids: set[str]) -> dict[str, np.ndarray]:
-        """Product id -> its views' vectors, for the products that still have them (a product
-        rewritten meanwhile is left out)."""
-        owned = self.products.views_of(product_ids)
-        try:
-            vectors = self.store.get(np.asarray([v for vs in owned.values() for v in vs], np.int64))
-        except KeyError:  # a write replaced some views between the two reads: one at a time
-            return {
-                pid: v
-                for pid, v in ((p, self._views_now(vs)) for p, vs in owned.items())
-                if v is not None
-            }
-        bounds = np.cumsum([0, *(len(vs) for vs in owned.values())])
-        return {pid: vectors[a:b] for pid, a, b in zip(owned, bounds[:-1], bounds[1:], strict=True)}
-
-    def _views_now(self, vector_ids: list[int]) -> np.ndarray | None:
-        try:
-            return self.store.get(np.asarray(vector_ids, np.int64))
-        except KeyError:
-            return None
+        return look_alikes_of(self, product_id, k, same_category, filters, FILTER_EXACT_LIMIT)
 
     def precompute_similar(
         self,
@@ -495,85 +391,10 @@ class CatalogIndex:
         progress: bool = False,
         resume: bool = True,
     ) -> int:
-        """Compute and store every product's ``similar`` list (and its own other listings);
-        returns the number of products and logs the rate.
-
-        Products go ``batch`` at a time: one read of their views, one batch query per category
-        (hnswlib or FAISS on every core), then the near-duplicate collapse. Each stored batch
-        records how far the run got, so a run with the same ``k``, ``same_category`` and
-        threshold continues after the last stored batch (``resume=False`` starts over). A
-        product whose views change meanwhile is skipped, counted and logged.
-        """
-        groups: dict[tuple[str, str], list[int]] = {}
-        for vid, pid, cat in self.products.vector_table():
-            groups.setdefault((cat, pid), []).append(vid)
-        keys = sorted(groups)
-        run = {"k": k, "same_category": same_category, "threshold": self.duplicate_threshold}
-        todo = self._resume_after(keys, run) if resume else keys
-        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc="precompute",
-                   unit="product", disable=not progress)  # fmt: skip
-        begun, skipped = time.perf_counter(), 0
-        # the collapse multiplies many small matrices: one BLAS thread does them ~5x faster
-        with threadpool_limits(1, user_api="blas"):
-            for start in range(0, len(todo), batch):
-                chunk = todo[start : start + batch]
-                lists, missing = self._similar_lists(chunk, groups, k, same_category)
-                self.products.put_recommendations(lists)
-                self.products.set_meta(PROGRESS_META, json.dumps({**run, "after": chunk[-1]}))
-                skipped += missing
-                bar.update(len(chunk))
-        bar.close()
-        self.products.set_meta(THRESHOLD_META, json.dumps(self.duplicate_threshold))
-        self.products.set_meta(PROGRESS_META, json.dumps(None))
-        seconds = time.perf_counter() - begun
-        log.info(
-            "precomputed %d similar products for %d products (%d this run, %d skipped: their "
-            "views changed meanwhile) in %.1f s: %.0f products/s",
-            k, len(keys), len(todo), skipped, seconds, len(todo) / max(seconds, 1e-9),
-        )  # fmt: skip
-        return len(keys)
-
-    def _resume_after(self, keys: list[tuple[str, str]], run: dict) -> list[tuple[str, str]]:
-        """The keys after the last batch an interrupted run with the same settings stored."""
-        saved = json.loads(self.products.get_meta(PROGRESS_META) or "null")
-        if not saved or {n: saved.get(n) for n in run} != run:
-            return keys
-        after = tuple(saved["after"])
-        log.info("resuming the precomputation after product %r", after[1])
-        return keys[bisect.bisect_right(keys, after) :]
-
-    def _similar_lists(
-        self,
-        chunk: list[tuple[str, str]],
-        groups: dict[tuple[str, str], list[int]],
-        k: int,
-        same_category: bool,
-    ) -> tuple[dict[str, Recommended], int]:
-        """The lists of a batch of (category, product) keys, and how many were skipped."""
-        views = self._batch_views([groups[key] for key in chunk])
-        lists: dict[str, Recommended] = {}
-        for cat in dict.fromkeys(c for c, _ in chunk):
-            rows = [i for i, (c, _) in enumerate(chunk) if c == cat and views[i] is not None]
-            if not rows:
-                continue
-            found = self._top_products(
-                [views[i] for i in rows],  # type: ignore[misc]  # None left out above
-                k,
-                cat if same_category else None,
-                [chunk[i][1] for i in rows],
-            )
-            for i, (hits, own) in zip(rows, found, strict=True):
-                lists[chunk[i][1]] = ([(h.product_id, h.score, h.duplicates) for h in hits], own)
-        return lists, sum(v is None for v in views)
-
-    def _batch_views(self, vector_ids: list[list[int]]) -> list[np.ndarray | None]:
-        """Each product's views in one read; one read each (None if gone) after a change."""
-        try:
-            vectors = self.store.get(np.concatenate(vector_ids).astype(np.int64))
-        except KeyError:  # a write replaced some views since the table was read
-            return [self._views_now(ids) for ids in vector_ids]
-        bounds = np.cumsum([0, *(len(ids) for ids in vector_ids)])
-        return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        """Compute and store every product's ``similar`` list (and its own other listings),
+        ``batch`` products at a time, continuing an interrupted run unless ``resume=False``;
+        returns the number of products (`visnet.index.look_alikes.precompute_lists`)."""
+        return precompute_lists(self, k, same_category, batch, progress, resume)
 
     def recommendations_current(self) -> bool:
         """Whether the stored lists, if any, were made with this index's ``duplicate_threshold``
@@ -618,16 +439,3 @@ class CatalogIndex:
         with self._write_lock:
             self.store.close()
             self.products.close()
-
-
-def _rank(
-    ids: np.ndarray, scores: np.ndarray, owners: dict[int, str], exclude: str | None
-) -> list[tuple[str, float]]:
-    """Rows of vector hits -> products by their best score, best first (ties by id), leaving out
-    unowned ids and ``exclude``."""
-    best: dict[str, float] = {}
-    for vid, score in zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True):
-        pid = owners.get(vid)
-        if pid is not None and pid != exclude and score > best.get(pid, -np.inf):
-            best[pid] = score
-    return [(pid, float(score)) for pid, score in sorted(best.items(), key=lambda t: (-t[1], t[0]))]

@@ -24,7 +24,8 @@ from PIL import Image
 
 from visnet.embed.registry import create_embedder, embedder_fingerprint
 from visnet.features.base import Embedder
-from visnet.feedback.events import BatchResult, EventLog, fingerprint_token
+from visnet.feedback.event_log import EventLog
+from visnet.feedback.event_schema import BatchResult, fingerprint_token
 from visnet.feedback.queries import QueryCropWriter
 from visnet.images import DecodedImage, ImageLimits, decode_image
 from visnet.index.catalog_index import CatalogIndex, Hit
@@ -206,7 +207,7 @@ class Engine:
         self._write_lock = threading.Lock()
         self._categories: dict[str, int] | None = None
         self._facets: Facets | None = None
-        # what ranked an answer, as the page's impressions name it (`visnet.feedback.events`)
+        # what ranked an answer, as the page's impressions name it (`visnet.feedback.event_schema`)
         self.model_token = fingerprint_token(embedder_fingerprint(embedder), embedder.name)
         self.index_token = index_token(index.manifest)
         self.events = open_event_log(settings)

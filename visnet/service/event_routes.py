@@ -1,7 +1,7 @@
 """Shopper events: ``POST /v1/events`` logs the page's impressions, clicks, carts and purchases.
 
 The body is read here, not by FastAPI, which would refuse a whole batch for one bad event: the
-batch is checked event by event (`visnet.feedback.events.parse_batch`), the good events logged
+batch is checked event by event (`visnet.feedback.event_schema.parse_batch`), the good events logged
 in the index folder's ``events.sqlite`` before the answer, the others named. /openapi.json still
 shows the body's true schema (`EventBatch`: `install_event_schemas` adds its models).
 
@@ -36,13 +36,8 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
-from visnet.feedback.events import (
-    MAX_EVENTS,
-    BatchError,
-    EventBatch,
-    EventLogFullError,
-    EventProblem,
-)
+from visnet.feedback.event_log import EventLogFullError
+from visnet.feedback.event_schema import MAX_EVENTS, BatchError, EventBatch, EventProblem
 from visnet.feedback.limits import RateLimiter, address_key
 from visnet.service.errors import ApiError
 from visnet.service.routes import EngineDep

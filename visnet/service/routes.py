@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, Response
 
 from visnet.data.catalog import MAX_BRAND
 from visnet.data.samples import Sample, list_samples, sample_file
-from visnet.feedback.events import new_query_id
+from visnet.feedback.event_schema import new_query_id
 from visnet.index.products import Product, ProductFilter
 from visnet.service import files
 from visnet.service.answers import Match, ObjectResults, ProductPage, SearchResults, Similar

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from visnet.data.catalog import MAX_BRAND
-from visnet.feedback.events import BatchResult, EventProblem
+from visnet.feedback.event_schema import BatchResult, EventProblem
 from visnet.index.products import PRODUCT_ID_PATTERN
 
 __all__ = [

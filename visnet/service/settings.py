@@ -15,7 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from visnet.feedback.events import EVENTS_FILE
+from visnet.feedback.event_log import EVENTS_FILE
 from visnet.index.duplicates import DUPLICATE_THRESHOLD
 from visnet.service.schemas import DEFAULT_K
 
