@@ -354,20 +354,33 @@ def project_kind(runs: list[dict], rate: float | None, target: int) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    """Recall@10 against 2-thread q/s at the largest size that measured the most kinds; marker
-    area by RAM bytes per product."""
+    """Recall@10 against 2-thread q/s, one panel per size measured (at most the three largest);
+    marker area by RAM bytes per product, Pareto points ringed, the 0.95 recall line dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds_at = {n: {r["kind"] for r in results if r["n"] == n} for n in {r["n"] for r in results}}
-    n = max(kinds_at, key=lambda n: (len(kinds_at[n]), n))  # the largest size with most kinds
-    points = points_at(results, n)
+    sizes = sorted({r["n"] for r in results})[-3:]
+    kinds = list(dict.fromkeys(r["kind"] for r in results))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 5), sharey=True)
+    for ax, n in zip(np.atleast_1d(axes), sizes, strict=True):
+        plot_size(ax, points_at(results, n), kinds)
+        ax.set(xlabel="queries/s, 2 threads, one query a call", title=f"{n:,} clustered vectors")
+    np.atleast_1d(axes)[0].set_ylabel("recall@10 against exact search")
+    fig.suptitle("recall, speed and memory (marker area: RAM bytes a product)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_size(ax, points: list[dict], kinds: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """One size's operating points on ``ax`` (each kind in its own colour, in ``kinds`` order)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     best = pareto(points)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for number, kind in enumerate(dict.fromkeys(p["kind"] for p in points)):
-        mine, colour = [p for p in points if p["kind"] == kind], f"C{number}"
+    for kind in dict.fromkeys(p["kind"] for p in points):
+        mine, colour = [p for p in points if p["kind"] == kind], f"C{kinds.index(kind)}"
         ax.scatter(
             [p["qps2"] for p in mine],
             [p["recall"] for p in mine],
@@ -380,17 +393,15 @@ def plot(results: list[dict], path: Path) -> None:
             edge = "k" if (kind, p["label"]) in best else "none"
             ax.scatter([p["qps2"]], [p["recall"]], s=12, c=colour, edgecolors=edge)
             ax.annotate(p["label"], (p["qps2"], p["recall"]), fontsize=7, alpha=0.8)
+    ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set(
-        xlabel="queries/s, 2 threads, one query a call",
-        ylabel="recall@10 against exact search",
-        title=f"{n:,} clustered vectors: recall, speed and memory (area: bytes/product)",
-    )
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
+    ax.xaxis.set_major_formatter(plain)
+    low, high = ax.get_xlim()
+    ax.xaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # within a decade
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    ax.legend(fontsize=8, loc="best")
 
 
 def write_doc(doc: Path, text: str) -> None:
