@@ -513,6 +513,9 @@ def embed_command(
     ),
     workers: int = typer.Option(2, help="Ray: actors, each holding the model."),
     cpus_per_worker: float = typer.Option(1.0, help="Ray: CPUs of each actor."),
+    memory_per_worker: float = typer.Option(
+        0.0, help="Ray: GiB of memory each actor reserves (0: none; the default model uses ~3)."
+    ),
     ray_address: str | None = typer.Option(None, help="Ray: the cluster (auto, ray://...)."),
 ) -> None:
     """Embed every catalog view into resumable vector shards (rerun to resume; either engine
@@ -534,6 +537,7 @@ def embed_command(
                     workers=workers,
                     cpus_per_worker=cpus_per_worker,
                     batch_size=batch_size,
+                    memory_per_worker=memory_per_worker,
                     address=ray_address,
                 )
             )

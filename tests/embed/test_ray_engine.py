@@ -40,7 +40,8 @@ def test_the_ray_job_writes_the_local_jobs_shards_and_resumes_it(
                         tmp_path / "m.onnx")  # fmt: skip
     embedder = create_embedder(model, batch_size=4)
     local = run_embed_job(root, embedder, tmp_path / "local", shard_size=5)
-    engine = RayEngine(RaySettings(str(model), workers=2, batch_size=3))
+    # each actor reserves memory (scheduling only): the path a cluster should take
+    engine = RayEngine(RaySettings(str(model), workers=2, batch_size=3, memory_per_worker=0.25))
     remote = run_embed_job(root, embedder, tmp_path / "ray", shard_size=5, engine=engine)
 
     assert remote == local and remote["skipped"][0]["image"] == rows[6].image
@@ -65,3 +66,5 @@ def test_the_ray_engine_needs_an_explicit_backend() -> None:
         RaySettings("m.onnx", backend="auto")
     with pytest.raises(ValueError, match="workers >= 1"):
         RaySettings("m.onnx", workers=0)
+    with pytest.raises(ValueError, match="memory_per_worker"):
+        RaySettings("m.onnx", memory_per_worker=-1)

@@ -41,8 +41,10 @@ class RaySettings:
     allowed: nodes of a cluster could pick different arithmetic). ``workers`` actors of
     ``cpus_per_worker`` CPUs each (CPU only: `create_embedder` has no GPU device yet);
     ``threads``: onnxruntime's intra-op threads in an actor (0: its CPUs); ``batch_size`` images
-    a call. ``address``: the cluster (``auto``, ``ray://head:10001``), None for ``RAY_ADDRESS``
-    or a local instance.
+    a call. ``memory_per_worker``: GiB of memory each actor asks Ray for (0: none, Ray's
+    default), so a node runs no more actors than its memory holds: the default model's actor
+    used 2.9 GiB at batches of 64 (Ray's own report, `benchmarks/ray_embed.py`). ``address``: the
+    cluster (``auto``, ``ray://head:10001``), None for ``RAY_ADDRESS`` or a local instance.
     """
 
     model: str
@@ -51,6 +53,7 @@ class RaySettings:
     cpus_per_worker: float = 1.0
     threads: int = 0
     batch_size: int = 64
+    memory_per_worker: float = 0.0
     address: str | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class RaySettings:
                 "need workers >= 1, batch_size >= 1 and cpus_per_worker > 0; got "
                 f"{self.workers}, {self.batch_size}, {self.cpus_per_worker}"
             )
+        if self.memory_per_worker < 0:
+            raise ValueError(f"memory_per_worker must be >= 0 GiB; got {self.memory_per_worker}")
 
     @property
     def intra_threads(self) -> int:
@@ -148,6 +153,8 @@ class RayEngine:
     def _embed(self, ray: Any, items: list[Item], embedder: Embedder) -> Iterator[Batch]:
         rows = [{"key": int(item.key), "image": str(item.source or "")} for item in items]
         dataset = ray.data.from_items(rows, override_num_blocks=self._blocks(len(rows)))
+        gib = self.settings.memory_per_worker
+        reserve = {"memory": int(gib * 2**30)} if gib else {}  # Ray's scheduling, not a limit
         mapped = dataset.map_batches(
             _EmbedActor,
             fn_constructor_kwargs={"settings": self.settings},
@@ -155,6 +162,7 @@ class RayEngine:
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.settings.workers),
             num_cpus=self.settings.cpus_per_worker,
+            **reserve,
         )
         expected = embedder_fingerprint(embedder)
         for answer in mapped.iter_batches(batch_size=None, batch_format="numpy"):
