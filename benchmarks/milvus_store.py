@@ -88,12 +88,13 @@ def measure(
 
 def print_table(rows: list[dict], threads: list[int]) -> None:
     head = ["store", "ingest vec/s", "recall@10"] + [f"q/s {t}t" for t in threads]
-    head += ["visible ms p50", "p95"]
+    head += ["visible ms p50", "p95", "missed"]
     print("  ".join(f"{h:>16}" for h in head))
     for r in rows:
         cells = [r["store"], f"{r['ingest']:,.0f}", f"{r['recall']:.3f}"]
         cells += [f"{r[f'qps{t}']:,.0f}" for t in threads]
         cells += [f"{1000 * r['fresh_p50']:.2f}", f"{1000 * r['fresh_p95']:.2f}"]
+        cells.append(str(r["fresh_missed"]))  # upserted vectors not in the next query's top k
         print("  ".join(f"{c:>16}" for c in cells))
 
 

@@ -215,7 +215,9 @@ def measure(kind: str, n: int, opts: dict, truth_file: str) -> dict:
         "peak_bytes": after["VmHWM"],
         **disk,
         "fresh_ms": {"median": statistics.median(fresh_ms), "p95": percentile(fresh_ms, 0.95)},
-        "fresh_missed": f"{fresh_missed} of {len(fresh)} not in the next query's top {args.k}",
+        "fresh_missed": fresh_missed,  # of len(fresh) trials, not in the next query's top k
+        "fresh_trials": len(fresh),
+        "k": args.k,
         "points": points,
         "load": os.getloadavg(),
     }
@@ -287,8 +289,11 @@ def table(results: list[dict]) -> str:
         for r in (r for r in results if r["n"] == n):
             per = {name: r[name] / n for name in ("ram_bytes", "page_cache_bytes", "disk")}
             fresh = f"{r['fresh_ms']['median']:.1f}/{r['fresh_ms']['p95']:.1f}"
-            if r.get("fresh_missed", "0").split()[0] != "0":
-                fresh += f" ({r['fresh_missed']})"
+            if r.get("fresh_missed"):
+                fresh += (
+                    f" ({r['fresh_missed']} of {r['fresh_trials']} not in the next query's "
+                    f"top {r['k']})"
+                )
             for p in r["points"]:
                 qps = [f"{p['qps'].get(t, 0):,.0f}" for t in ("1", "2")]
                 lines.append(
