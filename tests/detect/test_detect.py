@@ -219,6 +219,19 @@ def test_more_steps_extend_a_finished_run_and_other_settings_are_refused(tmp_pat
         train_detector(data_dir, out, steps=5, seed=3, lr=0.5, **TRAIN)
 
 
+def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path, data_dir):
+    """last.pt from an older VisNet lacks the config fields added since (here the calibration's
+    two): they take their defaults, so the run extends instead of being refused."""
+    out = tmp_path / "run"
+    train_detector(data_dir, out, steps=2, seed=3, **TRAIN)
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    for added in ("label_temperature", "category_threshold"):
+        del saved["config"][added]
+    torch.save(saved, out / "last.pt")
+    extended = Detector.load(train_detector(data_dir, out, steps=3, seed=3, **TRAIN))
+    assert extended.metadata["step"] == 3
+
+
 def test_resume_after_a_kill_matches_a_straight_run(tmp_path, data_dir, monkeypatch):
     import visnet.detect.train as train_module
 

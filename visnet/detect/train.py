@@ -243,7 +243,9 @@ def _load(
     if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
         raise ValueError(f"{last} is not a detector training run; use another --out")
     expected = {**_comparable(settings, data_dir), _CONFIG: run.model.config.to_dict()}
-    loop.refuse_other_settings(last, {**saved["settings"], _CONFIG: saved["config"]}, expected)
+    # through from_dict, so a run saved before a config field was added compares with its default
+    found = DetectorConfig.from_dict(saved["config"]).to_dict()
+    loop.refuse_other_settings(last, {**saved["settings"], _CONFIG: found}, expected)
     run.model.model.load_state_dict(saved["model"])
     return saved
 

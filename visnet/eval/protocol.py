@@ -131,6 +131,9 @@ def evaluate(
         "skipped": _skipped_summary(queries, shop),
         "overall": _recalls(rankings, [p.product for p in pairs], ks),
         "per_category": _per_category(data, split, pairs, rankings, queries, shop.ids, ks),
+        "nearest_category": nearest_category(
+            data, shop.ids, shop_vectors, pairs, query_vectors, queries.rows, queries.bonus
+        ),
         "per_kind": _per_kind(Path(data_root), pairs, rankings, ks),
         "recommendation": _recommendation(data, shop.ids, shop_vectors),
         "embeddings": {"catalog": shop.source, "queries": crops_of.source},
@@ -365,6 +368,26 @@ def rank_queries(
         for query, order in zip(queries, found, strict=True):
             rankings[query] = dedupe_products(products[order].tolist(), limit=depth)
     return rankings
+
+
+def nearest_category(
+    data: Street2ShopSet,
+    shop_ids: list[int],
+    shop_vectors: np.ndarray,
+    pairs: list[StreetPair],
+    query_vectors: np.ndarray,
+    query_rows: list[list[int]],
+    bonus: np.ndarray,
+) -> float | None:
+    """The share of queries whose nearest catalog image over every category is of the query's
+    own category: how the service names a detected object's category when the request names
+    none (`Engine.object_category`, from `neighbour_category_score` up). None without queries."""
+    if not pairs or not len(shop_vectors):
+        return None
+    category_of = {s.photo: s.category for s in data.shop}
+    nearest = _search(shop_vectors, query_vectors, query_rows, bonus, 1)[:, 0]
+    named = [category_of[shop_ids[row]] for row in nearest]
+    return float(np.mean([name == pair.category for name, pair in zip(named, pairs, strict=True)]))
 
 
 def _search(

@@ -46,12 +46,19 @@ RECO_LEGEND = (
     "ranks among products. *Variant AUC*: share of unrelated same-category products ranked below "
     "its nearest colour variant (`variant_of` in catalog.jsonl; 50 = chance)."
 )
+NEAREST_LEGEND = (
+    "*Category of the nearest product*: share of the queries whose nearest catalog image over "
+    "every category is of the query's category; the service searches a detected object within "
+    "that category when the request names none and the neighbour is at least "
+    "`VISNET_NEIGHBOUR_CATEGORY_SCORE` similar (`Engine.object_category`)."
+)
 DETECTION_LEGEND = (
     "Each street photo of the split is searched for boxes by each detector (IoU >= 0.5 counts as "
     "a hit). *Any box*: share of the pairs' boxes some detection hits. *Top-1*: share where the "
     "photo's best-scoring box hits the pair's box. *Product AP*: VOC AP of finding the pairs' "
     "boxes whatever the category named. *Category accuracy*: of the pair boxes the best box hits, "
-    "the share whose category it names right (what the service filters the search by). *All "
+    "the share whose category the detector names right (the service's fallback: it first takes "
+    "the category of the crop's nearest catalog product, scored in the recall table). *All "
     "products* (shop the look): the pair's product plus the other catalog products pasted into "
     "the photo that are at least half in view (`meta/json/street_objects.json`); AP, share found "
     "by some detection, and share of photos with every one found. Times: one photo at a time, "
@@ -124,6 +131,9 @@ def eval_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {category} | {row['queries']} | {cells} |")
     overall = " | ".join(f"**{_pct(result['overall'][k])}**" for k in ks)
     lines.append(f"| **overall** | {result['queries']} | {overall} |")
+    if result.get("nearest_category") is not None:
+        named = _pct(result["nearest_category"])
+        lines += ["", f"Category of the nearest product (over every category): {named}%."]
     return "\n".join(lines) + "\n"
 
 
@@ -469,14 +479,17 @@ def _kind_table(results: list[tuple[str, dict]]) -> list[str]:
 def _recall_table(results: list[tuple[str, dict]]) -> list[str]:
     keys = list(results[0][1]["overall"])
     lines = [
-        "| method | crops | dim | " + " | ".join(keys) + " | seconds |",
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in keys) + " | ---: |",
+        "| method | crops | dim | " + " | ".join(keys) + " | category of the nearest product "
+        "| seconds |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in keys) + " | ---: | ---: |",
     ]
     for label, r in results:
         cells = " | ".join(_pct(r["overall"].get(k)) for k in keys)
+        named = _pct(r.get("nearest_category"))
         cached = " (cached)" if "cache" in (r.get("embeddings") or {}).values() else ""
-        lines.append(f"| {label} | {r['crops']} | {r['dim']} | {cells} | {r['seconds']}{cached} |")
-    return lines
+        shown = f"{r['crops']} | {r['dim']} | {cells} | {named} | {r['seconds']}{cached}"
+        lines.append(f"| {label} | {shown} |")
+    return [*lines, "", NEAREST_LEGEND]
 
 
 def _reco_table(results: list[tuple[str, dict]]) -> list[str]:
