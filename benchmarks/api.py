@@ -18,6 +18,17 @@ timed part, which must run on a quiet machine:
     python benchmarks/api.py --index data/demo-index --model models/visnet-default.pt \
         --synthetic 1000000 --work runs/api-1m --prepare-only     # slow, need not be quiet
     python benchmarks/api.py --model models/visnet-default.pt --work runs/api-1m --reuse
+
+``--bulk`` prepares a catalog of synthetic products alone, through the path ``visnet index
+build`` writes with (``write_index``: no write-ahead log, one snapshot; the default store
+settings, so a category past ``compressed_threshold`` products takes the compressed kind), with
+clustered vectors (``_vectors.py``'s generator) in ``--categories`` categories, for the model
+of ``--index``; then precomputes the lists, resumably (rerun the same command after a kill):
+
+    python benchmarks/api.py --index data/demo-index --model models/visnet-default.pt \
+        --synthetic 10000000 --categories 4 --bulk --work runs/api-10m --prepare-only
+    python benchmarks/api.py --model models/visnet-default.pt --work runs/api-10m --reuse \
+        --phases similar
 """
 
 from __future__ import annotations
@@ -32,11 +43,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from _load import by_endpoint, closed_loop, get_request, install_uvloop, search_request
 from _server import catalog_root, copy_index, free_port, metrics_text, start_server, stop_server
+from _vectors import centres_for, clustered_chunks
 from PIL import Image
 from tqdm import tqdm
 
@@ -51,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, default=0, help="random products to add")
     p.add_argument("--categories", type=int, default=10, help="labels for synthetic products")
     p.add_argument("--no-precompute", dest="precompute", action="store_false")
+    p.add_argument(
+        "--bulk", action="store_true", help="a new index of --synthetic products alone, in bulk"
+    )
     p.add_argument("--cache-size", type=int, default=10_000, help="server /similar cache (0: off)")
     p.add_argument("--concurrency", type=int, default=16, help="connections for /similar")
     p.add_argument("--requests", type=int, default=10_000, help="per /similar run")
@@ -125,11 +141,64 @@ def add_synthetic(
         index.close()
 
 
-def product_ids(index_dir: Path) -> list[str]:
+def build_bulk(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None, dict]:
+    """A new index of ``args.synthetic`` clustered products alone (the model of ``args.index``),
+    written in bulk, then its lists precomputed; reruns continue where a killed one stopped
+    (the build is redone unless it finished, the precomputation resumes). The index, the photo
+    folder of ``args.index``'s catalog, and the timings."""
+    from visnet.index.build import write_index
+
+    if args.index is None:
+        sys.exit("--bulk needs --index (the model whose fingerprint the new index records)")
+    manifest = json.loads((args.index / "manifest.json").read_text())
+    model = {
+        "model": manifest["model_name"],
+        "fingerprint": manifest["model_fingerprint"],
+        "dim": manifest["embedding_dim"],
+    }
+    root = catalog_root(args.index)
+    photo_dir = root / "photos" if root is not None else None
+    index_dir, built, timings = work / "index", work / "built.json", {}
+    if not built.is_file():
+        shutil.rmtree(index_dir, ignore_errors=True)
+        start = time.perf_counter()
+        write_index(index_dir, synthetic_products(args), model, None, precompute_k=0,
+                    total=args.synthetic)  # fmt: skip
+        timings["build_s"] = round(time.perf_counter() - start, 1)
+        built.write_text(json.dumps(timings))
+    timings = json.loads(built.read_text())
+    if args.precompute:
+        index = CatalogIndex.open(index_dir, model_fingerprint=model["fingerprint"])
+        try:
+            start = time.perf_counter()
+            index.precompute_similar(k=20, progress=True)  # resumes an interrupted run
+            timings["precompute_s_this_run"] = round(time.perf_counter() - start, 1)
+            index.snapshot()
+        finally:
+            index.close()
+    return index_dir, photo_dir, timings
+
+
+def synthetic_products(args: argparse.Namespace) -> Iterator[tuple[Product, np.ndarray]]:
+    """``args.synthetic`` products of one view each, clustered, round-robin over the categories."""
+    dim = json.loads((args.index / "manifest.json").read_text())["embedding_dim"]
+    centres = centres_for(args.synthetic, dim, None, seed=0)
+    for first, rows in clustered_chunks(args.synthetic, centres, seed=0):
+        for j, row in enumerate(rows):
+            i = first + j
+            product = Product(f"syn-{i:08d}", f"cat-{i % args.categories}", f"synthetic {i}")
+            yield product, row[None, :]
+
+
+def product_ids(index_dir: Path, limit: int = 200_000) -> tuple[list[str], int]:
+    """Up to ``limit`` product ids, spread over the whole table, and the product count."""
     import sqlite3
 
     with sqlite3.connect(index_dir / "products.sqlite") as db:
-        return [row[0] for row in db.execute("SELECT id FROM products")]
+        count = db.execute("SELECT count(*) FROM products").fetchone()[0]
+        step = max(1, count // limit)
+        rows = db.execute("SELECT id FROM products WHERE rowid % ? = 0", (step,))
+        return [row[0] for row in rows], count
 
 
 # ---- the load ----------------------------------------------------------------------------------
@@ -211,14 +280,17 @@ def main() -> None:
     else:
         work.mkdir(parents=True, exist_ok=True)
         prepared.unlink(missing_ok=True)
-        index, photo_dir = prepare_index(args, work)
         prep = {}
-        if args.synthetic:
-            prep = add_synthetic(index, args.synthetic, args.categories, args.precompute)
+        if args.bulk:
+            index, photo_dir, prep = build_bulk(args, work)
+        else:
+            index, photo_dir = prepare_index(args, work)
+            if args.synthetic:
+                prep = add_synthetic(index, args.synthetic, args.categories, args.precompute)
         state = {"index": str(index), "photos": str(photo_dir or ""), "prepare": prep}
         prepared.write_text(json.dumps(state))
-    ids = product_ids(index)
-    print(f"index {index}: {len(ids):,} products; {prep}")
+    ids, count = product_ids(index)
+    print(f"index {index}: {count:,} products; {prep}")
     if args.prepare_only:
         return
     port = free_port()
@@ -231,7 +303,7 @@ def main() -> None:
         settings={"similar_cache_size": str(args.cache_size), "refresh_after_s": "0"},
     )
     try:
-        results = {"products": len(ids), "prepare": prep, "cache_size": args.cache_size}
+        results = {"products": count, "prepare": prep, "cache_size": args.cache_size}
         results |= measure(args, port, ids, photo_dir)
     finally:
         stop_server(server)

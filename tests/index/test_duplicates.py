@@ -123,14 +123,21 @@ def test_k_groups_come_back_when_most_candidates_are_copies(tmp_path, kind: str)
     index.close()
 
 
-def test_pairwise_similarity_is_the_best_cosine_over_pairs_of_views() -> None:
+@pytest.mark.parametrize("views", [(1, 3, 2, 4), (1, 1, 1, 1), (2,), (1,)])
+def test_pairwise_similarity_is_the_best_cosine_over_pairs_of_views(views) -> None:
+    """Against a naive double loop, with several views a product, one view each (the path
+    without reductions), and a single product on either side."""
     rng = np.random.default_rng(3)
-    products = [l2_normalise(rng.standard_normal((n, 8))) for n in (1, 3, 2, 4)]
-    found = pairwise_similarity(products, products[1:])
-    for i, a in enumerate(products):
-        for j, b in enumerate(products[1:]):
-            naive = max(float(u @ v) for u in a for v in b)
-            assert found[i, j] == pytest.approx(naive, abs=1e-6)
+    products = [l2_normalise(rng.standard_normal((n, 8))) for n in views]
+    others = [l2_normalise(rng.standard_normal((n, 8))) for n in (2, 1, 1)]
+    for left, right in ((products, others), (others, products), (products, products[:1])):
+        found = pairwise_similarity(left, right)
+        assert found.shape == (len(left), len(right))
+        for i, a in enumerate(left):
+            for j, b in enumerate(right):
+                naive = max(float(u @ v) for u in a for v in b)
+                assert found[i, j] == pytest.approx(naive, abs=1e-6)
+    assert pairwise_similarity(products, []).shape == (len(products), 0)
 
 
 def test_collapse_joins_the_best_ranked_alike_result_and_stops_new_ones_at_k() -> None:

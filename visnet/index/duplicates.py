@@ -39,13 +39,36 @@ def pairwise_similarity(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.
     best cosine over their pairs of views, so a product that shares one picture with another
     matches it however many other views either has.
     """
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), np.float32)
-    rows, cols = np.concatenate(list(a)), np.concatenate(list(b))
+    return _similarity(_stack(a), _stack(b))
+
+
+_Stacked = tuple[np.ndarray, np.ndarray | None]  # all views as rows; each product's first row
+
+
+def _stack(products: Sequence[np.ndarray]) -> _Stacked:
+    """The products' views as one matrix, and the row each product starts at (None when every
+    product has one view, the common case, which then needs no reduction)."""
+    if not len(products):
+        return np.zeros((0, 0), np.float32), None
+    rows = products[0] if len(products) == 1 else np.concatenate(list(products))
+    if len(rows) == len(products):
+        return rows, None
+    return rows, np.cumsum([0, *(len(v) for v in products[:-1])])
+
+
+def _similarity(a: _Stacked, b: _Stacked) -> np.ndarray:
+    """`pairwise_similarity` of two stacked product lists."""
+    (rows, starts_a), (cols, starts_b) = a, b
+    count_a = len(rows) if starts_a is None else len(starts_a)
+    count_b = len(cols) if starts_b is None else len(starts_b)
+    if not count_a or not count_b:
+        return np.zeros((count_a, count_b), np.float32)
     views = rows @ cols.T
-    starts_a = np.cumsum([0, *(len(v) for v in a[:-1])])
-    starts_b = np.cumsum([0, *(len(v) for v in b[:-1])])
-    return np.maximum.reduceat(np.maximum.reduceat(views, starts_a, axis=0), starts_b, axis=1)
+    if starts_a is not None:
+        views = np.maximum.reduceat(views, starts_a, axis=0)
+    if starts_b is not None:
+        views = np.maximum.reduceat(views, starts_b, axis=1)
+    return views
 
 
 def listing_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,10 +110,11 @@ def collapse(
     for start in range(0, len(ranked), block):
         chunk = ranked[start : start + block]
         mine = [views[pid] for pid, _ in chunk]
-        earlier: np.ndarray = pairwise_similarity(mine, kept) >= threshold  # past blocks' groups
-        within: np.ndarray = pairwise_similarity(mine, mine) >= threshold
+        stacked = _stack(mine)  # once for the three comparisons
+        earlier: np.ndarray = _similarity(stacked, _stack(kept)) >= threshold  # past blocks'
+        within: np.ndarray = _similarity(stacked, stacked) >= threshold
         listing: np.ndarray = (
-            pairwise_similarity(mine, [seed])[:, 0] >= threshold
+            _similarity(stacked, _stack([seed]))[:, 0] >= threshold
             if seed is not None
             else np.zeros(len(chunk), bool)
         )
