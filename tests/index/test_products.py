@@ -240,6 +240,9 @@ def test_an_older_file_gains_the_new_columns_and_keeps_its_rows(tmp_path) -> Non
             [],
         )
         assert store.get_meta("duplicate_threshold") is None
+        # the old table keeps its rowid (new files key it alone): lists still go in and out
+        store.put_recommendations({"b": ([("a", 0.25, ["c"])], [])})
+        assert store.recommendations("b") == [("a", 0.25)]
         store.upsert(Product("a", "tops", "A", price=3.0, brand="Acme", in_stock=True))
         got = store.get("a")
         assert (got.price, got.brand, got.in_stock) == (3.0, "Acme", True)

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS pending_vectors (vector_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS recommendations (
     product_id TEXT NOT NULL, rank INTEGER NOT NULL, other_id TEXT NOT NULL, score REAL NOT NULL,
-    duplicates TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (product_id, rank));
+    duplicates TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (product_id, rank)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # columns added since the first release: ALTER TABLE adds them to an older file when it opens
