@@ -51,7 +51,7 @@ def _stack(products: Sequence[np.ndarray]) -> _Stacked:
     if not len(products):
         return np.zeros((0, 0), np.float32), None
     rows = products[0] if len(products) == 1 else np.concatenate(list(products))
-    if len(rows) == len(products):
+    if all(len(v) == 1 for v in products):
         return rows, None
     return rows, np.cumsum([0, *(len(v) for v in products[:-1])])
 
