@@ -26,7 +26,8 @@ clustered vectors (``_vectors.py``'s generator) in ``--categories`` categories, 
 of ``--index``; then precomputes the lists, resumably (rerun the same command after a kill):
 
     python benchmarks/api.py --index data/demo-index --model models/visnet-default.pt \
-        --synthetic 10000000 --categories 4 --bulk --work runs/api-10m --prepare-only
+        --synthetic 10000000 --categories 4 --bulk --store-kind compressed --work runs/api-10m \
+        --prepare-only
     python benchmarks/api.py --model models/visnet-default.pt --work runs/api-10m --reuse \
         --phases similar
 """
@@ -66,6 +67,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-precompute", dest="precompute", action="store_false")
     p.add_argument(
         "--bulk", action="store_true", help="a new index of --synthetic products alone, in bulk"
+    )
+    p.add_argument(
+        "--store-kind",
+        default="auto",
+        help="--bulk's partition kind (auto, exact, hnsw, compressed); compressed for "
+        "categories of millions (auto would build each as HNSW up to compressed_threshold first)",
     )
     p.add_argument("--cache-size", type=int, default=10_000, help="server /similar cache (0: off)")
     p.add_argument("--concurrency", type=int, default=16, help="connections for /similar")
@@ -147,6 +154,7 @@ def build_bulk(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None,
     (the build is redone unless it finished, the precomputation resumes). The index, the photo
     folder of ``args.index``'s catalog, and the timings."""
     from visnet.index.build import write_index
+    from visnet.index.embedded import StoreSettings
 
     if args.index is None:
         sys.exit("--bulk needs --index (the model whose fingerprint the new index records)")
@@ -162,8 +170,9 @@ def build_bulk(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None,
     if not built.is_file():
         shutil.rmtree(index_dir, ignore_errors=True)
         start = time.perf_counter()
+        settings = StoreSettings(kind=args.store_kind)
         write_index(index_dir, synthetic_products(args), model, None, precompute_k=0,
-                    total=args.synthetic)  # fmt: skip
+                    settings=settings, total=args.synthetic)  # fmt: skip
         timings["build_s"] = round(time.perf_counter() - start, 1)
         built.write_text(json.dumps(timings))
     timings = json.loads(built.read_text())
