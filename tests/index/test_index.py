@@ -377,6 +377,10 @@ def test_precompute_goes_in_batches_and_resumes_after_an_interruption(
     stored.clear()
     index.precompute_similar(k=5, batch=4)  # a finished run leaves nothing to resume
     assert sorted(stored) == sorted(emb)
+    # batches computed on two threads (the default) store what one thread stores
+    threaded = {pid: index.recommendation_rows(pid) for pid in emb}
+    index.precompute_similar(k=5, batch=4, resume=False, workers=1)
+    assert {pid: index.recommendation_rows(pid) for pid in emb} == threaded
     index.close()
 
 

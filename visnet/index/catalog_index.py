@@ -390,11 +390,13 @@ class CatalogIndex:
         batch: int = 1024,
         progress: bool = False,
         resume: bool = True,
+        workers: int = 2,
     ) -> int:
         """Compute and store every product's ``similar`` list (and its own other listings),
-        ``batch`` products at a time, continuing an interrupted run unless ``resume=False``;
-        returns the number of products (`visnet.index.look_alikes.precompute_lists`)."""
-        return precompute_lists(self, k, same_category, batch, progress, resume)
+        ``batch`` products at a time on ``workers`` threads, continuing an interrupted run unless
+        ``resume=False``; returns the number of products
+        (`visnet.index.look_alikes.precompute_lists`)."""
+        return precompute_lists(self, k, same_category, batch, progress, resume, workers)
 
     def recommendations_current(self) -> bool:
         """Whether the stored lists, if any, were made with this index's ``duplicate_threshold``

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -18,6 +22,9 @@ from visnet.index.duplicates import collapse
 from visnet.index.partitions import exact_topk
 from visnet.index.products import ProductFilter, Recommended
 from visnet.index.protocol import VectorStore
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     from visnet.index.catalog_index import CatalogIndex
@@ -186,12 +193,15 @@ def precompute_lists(
     batch: int = 1024,
     progress: bool = False,
     resume: bool = True,
+    workers: int = 2,
 ) -> int:
     """Compute and store every product's ``similar`` list (and its own other listings);
     returns the number of products and logs the rate.
 
     Products go ``batch`` at a time: one read of their views, one batch query per category
-    (hnswlib or FAISS on every core), then the near-duplicate collapse. Each stored batch
+    (hnswlib or FAISS on every core), then the near-duplicate collapse; ``workers`` threads
+    compute batches side by side (the searches, the vector reads and SQLite let go of the GIL),
+    and the lists are stored in batch order. Each stored batch
     records how far the run got, so a run with the same ``k``, ``same_category`` and
     threshold continues after the last stored batch (``resume=False`` starts over). A
     product whose views change meanwhile is skipped, counted and logged.
@@ -205,12 +215,16 @@ def precompute_lists(
     bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc="precompute",
                unit="product", disable=not progress)  # fmt: skip
     begun, skipped = time.perf_counter(), 0
+    chunks = [todo[start : start + batch] for start in range(0, len(todo), batch)]
+    lists_of = functools.partial(
+        _similar_lists, index, groups=groups, k=k, same_category=same_category
+    )
     # the collapse multiplies many small matrices: one BLAS thread does them ~5x faster
-    with threadpool_limits(1, user_api="blas"):
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
-            lists, missing = _similar_lists(index, chunk, groups, k, same_category)
-            index.products.put_recommendations(lists)
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        for chunk, (lists, missing) in zip(
+            chunks, _ahead(pool, lists_of, chunks, workers), strict=True
+        ):
+            index.products.put_recommendations(lists)  # in order: the progress mark stays true
             index.products.set_meta(PROGRESS_META, json.dumps({**run, "after": chunk[-1]}))
             skipped += missing
             bar.update(len(chunk))
@@ -224,6 +238,20 @@ def precompute_lists(
         k, len(keys), len(todo), skipped, seconds, len(todo) / max(seconds, 1e-9),
     )  # fmt: skip
     return len(keys)
+
+
+def _ahead(
+    pool: ThreadPoolExecutor, function: Callable[[T], R], items: list[T], ahead: int
+) -> Iterator[R]:
+    """``function`` of each item, in order, computed by ``pool`` at most ``ahead`` items ahead of
+    the one handed out (a bounded ``pool.map``: results wait in memory only that far)."""
+    waiting: deque[Future[R]] = deque()
+    for item in items:
+        waiting.append(pool.submit(function, item))
+        if len(waiting) > ahead:
+            yield waiting.popleft().result()
+    while waiting:
+        yield waiting.popleft().result()
 
 
 def _resume_after(
