@@ -5,7 +5,8 @@
 
 The queries are the street photos of the train products the embedding model's trainer held out
 for validation (whole colour-variant groups; the model never learnt from them, nor did the
-default detector, whose trainer holds out the same products; the previous detector saw them). Each is searched within its category, as in `visnet eval`. Rows: the true box,
+default detector, whose trainer holds out the same products; the previous detector saw them).
+Each is searched within its category, as in `visnet eval`. Rows: the true box,
 the whole photo, the shopper's box (the detected box a shopper looking for the product clicks:
 `visnet.detect.crops.shoppers_box`), the detector's best box, and its best boxes merged (each
 catalog product keeps its best similarity to any crop, less SCORE_WEIGHT x log(box score / best
