@@ -20,10 +20,10 @@ timed part, which must run on a quiet machine:
     python benchmarks/api.py --model models/visnet-default.pt --work runs/api-1m --reuse
 
 ``--bulk`` prepares a catalog of synthetic products alone, through the path ``visnet index
-build`` writes with (``write_index``: no write-ahead log, one snapshot; the default store
-settings, so a category past ``compressed_threshold`` products takes the compressed kind), with
-clustered vectors (``_vectors.py``'s generator) in ``--categories`` categories, for the model
-of ``--index``; then precomputes the lists, resumably (rerun the same command after a kill):
+build`` writes with (``write_index``: no write-ahead log, one snapshot; partitions of
+``--store-kind``), with clustered vectors (``_vectors.py``'s generator) in ``--categories``
+categories, for the model of ``--index``; then precomputes the lists, resumably (rerun the same
+command after a kill), and reports the bytes a product the stored lists take:
 
     python benchmarks/api.py --index data/demo-index --model models/visnet-default.pt \
         --synthetic 10000000 --categories 4 --bulk --store-kind compressed --work runs/api-10m \
@@ -171,7 +171,8 @@ def build_bulk(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None,
         shutil.rmtree(index_dir, ignore_errors=True)
         start = time.perf_counter()
         settings = StoreSettings(kind=args.store_kind)
-        write_index(index_dir, synthetic_products(args), model, None, precompute_k=0,
+        products = synthetic_products(args.synthetic, args.categories, model["dim"])
+        write_index(index_dir, products, model, None, precompute_k=0,
                     settings=settings, total=args.synthetic)  # fmt: skip
         timings["build_s"] = round(time.perf_counter() - start, 1)
         built.write_text(json.dumps(timings))
@@ -185,18 +186,33 @@ def build_bulk(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None,
             index.snapshot()
         finally:
             index.close()
+    timings["list_bytes_per_product"] = list_bytes(index_dir, args.synthetic)
     return index_dir, photo_dir, timings
 
 
-def synthetic_products(args: argparse.Namespace) -> Iterator[tuple[Product, np.ndarray]]:
-    """``args.synthetic`` products of one view each, clustered, round-robin over the categories."""
-    dim = json.loads((args.index / "manifest.json").read_text())["embedding_dim"]
-    centres = centres_for(args.synthetic, dim, None, seed=0)
-    for first, rows in clustered_chunks(args.synthetic, centres, seed=0):
+def synthetic_products(n: int, categories: int, dim: int) -> Iterator[tuple[Product, np.ndarray]]:
+    """``n`` products of one view each, clustered, round-robin over the categories."""
+    centres = centres_for(n, dim, None, seed=0)
+    for first, rows in clustered_chunks(n, centres, seed=0):
         for j, row in enumerate(rows):
             i = first + j
-            product = Product(f"syn-{i:08d}", f"cat-{i % args.categories}", f"synthetic {i}")
-            yield product, row[None, :]
+            yield Product(f"syn-{i:08d}", f"cat-{i % categories}", f"synthetic {i}"), row[None, :]
+
+
+def list_bytes(index_dir: Path, products: int) -> float | None:
+    """Bytes a product of the stored lists (their table and its indexes, by SQLite's ``dbstat``;
+    None where SQLite was built without it)."""
+    import sqlite3
+
+    with sqlite3.connect(index_dir / "products.sqlite") as db:
+        try:
+            used = db.execute(
+                "SELECT sum(pgsize) FROM dbstat WHERE name = 'recommendations' "
+                "OR name LIKE 'sqlite_autoindex_recommendations%'"
+            ).fetchone()[0]
+        except sqlite3.OperationalError:
+            return None
+    return round((used or 0) / max(1, products), 1)
 
 
 def product_ids(index_dir: Path, limit: int = 200_000) -> tuple[list[str], int]:
