@@ -278,6 +278,39 @@ def detect_eval(
     typer.echo(text)
 
 
+@detect_app.command("boxes")
+def detect_boxes(
+    data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
+    model: Path = typer.Option(..., "--model", help="Detector weights (RUN/detector.pt)."),
+    out: Path = typer.Option(..., "--out", help="Write the boxes here (JSON lines)."),
+    split: str = typer.Option("train", "--split", help="Whose street photos: train or test."),
+    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+) -> None:
+    """The detected box a shopper would click for each labelled product of a split's street
+    photos, with its IoU against the label: for `visnet train --street-boxes`."""
+    import numpy as np
+    import torch
+
+    from visnet.data.street2shop import read_set
+    from visnet.detect.detector import Detector
+    from visnet.detect.street_boxes import MIN_IOU, detect_street_boxes, write_street_boxes
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        detector = Detector.load(model)
+        found = list(detect_street_boxes(detector, read_set(data), split))
+        count = write_street_boxes(out, iter(found))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    iou = np.array([b.iou for b in found])
+    typer.echo(
+        f"wrote {count} boxes to {out}: IoU with the label median {np.median(iou):.3f}, "
+        f"{100 * np.mean(iou >= 0.9):.0f}% >= 0.9, {100 * np.mean(iou >= MIN_IOU):.0f}% >= "
+        f"{MIN_IOU} (used for training)"
+    )
+
+
 @detect_app.command("calibrate")
 def detect_calibrate(
     data: Path = typer.Option(..., "--data", help="A Street2Shop-layout set."),
@@ -404,6 +437,12 @@ def train_command(
     include_pending: bool = typer.Option(
         _train("include_pending"), help="From a review queue, also train on unreviewed triplets."
     ),
+    street_boxes: Path | None = typer.Option(
+        None,
+        "--street-boxes",
+        help="Detected boxes of the train split's street photos (`visnet detect boxes`): "
+        "their crops join the labelled ones as street queries.",
+    ),
     loss: str = typer.Option(_train("loss"), help="contrastive, triplet or batch-hard."),
     steps: int = typer.Option(_train("steps"), help="Optimiser steps."),
     batch_size: int = typer.Option(_train("batch_size"), help="Products (or triplets) per step."),
@@ -469,14 +508,18 @@ def train_command(
 ) -> None:
     """Train a VisNet; rerun the same command to resume from OUT/last.pt after a kill."""
     options = dict(locals())
-    for own in ("data", "out", "triplets", "validate"):
+    for own in ("data", "out", "triplets", "validate", "street_boxes"):
         options.pop(own)
     options["pretrained"] = None if pretrained.lower() in ("", "none") else pretrained
     from visnet.training.trainer import train, validate_checkpoint
 
     try:
         settings = TrainSettings(
-            data=str(data), out=str(out), triplets=str(triplets) if triplets else None, **options
+            data=str(data),
+            out=str(out),
+            triplets=str(triplets) if triplets else None,
+            street_boxes=str(street_boxes) if street_boxes else None,
+            **options,
         )
         if validate is not None:
             typer.echo(json.dumps(validate_checkpoint(settings, validate), indent=2))

@@ -485,3 +485,63 @@ def test_cli_train_and_eval(tmp_path, data_dir):
         app, ["detect", "eval", "--data", str(data_dir), "--model", str(tmp_path / "x.pt")]
     )
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+# ---------------------------------------------------------------------------------- street boxes
+
+
+def test_street_boxes_are_each_pairs_shoppers_box_and_survive_the_file(
+    tmp_path, data_dir, categories
+):
+    import shutil
+
+    from visnet.detect.crops import box_iou, shoppers_box
+    from visnet.detect.street_boxes import (
+        detect_street_boxes,
+        read_street_boxes,
+        write_street_boxes,
+    )
+    from visnet.images import load_image
+
+    root = tmp_path / "set"
+    shutil.copytree(data_dir, root)
+    data = read_set(root)
+    pairs = data.pairs["test"]
+    broken = pairs[0].photo
+    data.photo_path(broken).write_bytes(b"not an image")  # skipped, the rest still written
+    detector = _detector(categories, score_threshold=0.0)
+    found = list(detect_street_boxes(detector, data, "test"))
+    wanted = [p for p in pairs if p.photo != broken]
+    # every readable pair once (at score 0 the untrained detector always finds something)
+    assert sorted((b.photo, b.product) for b in found) == sorted(
+        (p.photo, p.product) for p in wanted
+    )
+    for row in found[:3]:  # the reference: the shopper's box of the photo's own detections
+        pair = next(p for p in wanted if (p.photo, p.product) == (row.photo, row.product))
+        detections = detector.detect([load_image(data.photo_path(row.photo))])[0]
+        ((box, _),) = shoppers_box(detections, pair.bbox.as_xyxy())
+        assert row.box.as_xyxy() == pytest.approx(box, abs=1e-3)
+        assert row.iou == pytest.approx(box_iou(box, pair.bbox.as_xyxy()))
+    path = tmp_path / "boxes.jsonl"
+    assert write_street_boxes(path, found) == len(found)
+    back = read_street_boxes(path)
+    assert [(b.photo, b.product) for b in back] == [(b.photo, b.product) for b in found]
+    assert back[0].box.as_xyxy() == pytest.approx(found[0].box.as_xyxy(), abs=0.05)
+    with pytest.raises(ValueError, match="no street photos in split"):
+        next(detect_street_boxes(detector, data, "dev"))
+
+
+def test_a_malformed_street_box_file_names_its_line(tmp_path):
+    from visnet.detect.street_boxes import read_street_boxes
+    from visnet.io import JsonLinesError
+
+    good = {"photo": 1, "product": 2, "box": {"left": 0, "top": 0, "width": 5, "height": 5}}
+    path = tmp_path / "boxes.jsonl"
+    path.write_text(json.dumps({**good, "iou": 0.9}) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(JsonLinesError, match="line 2: not a street box"):
+        read_street_boxes(path)
+    path.write_text(json.dumps({**good, "iou": 1, "box": {**good["box"], "width": 0}}) + "\n")
+    with pytest.raises(JsonLinesError, match="line 1: .*empty box"):
+        read_street_boxes(path)
+    with pytest.raises(FileNotFoundError, match="visnet detect boxes"):
+        read_street_boxes(tmp_path / "missing.jsonl")

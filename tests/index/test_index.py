@@ -384,6 +384,31 @@ def test_precompute_goes_in_batches_and_resumes_after_an_interruption(
     index.close()
 
 
+def test_a_short_list_asks_again_alone_and_matches_the_naive_one(tmp_path, monkeypatch) -> None:
+    """A product whose first rows are eaten by one many-view neighbour asks the store again;
+    its batch mates are not asked twice, and every list is the naive one."""
+    from visnet.index.look_alikes import top_products
+
+    rng = np.random.default_rng(21)
+    index = catalog(tmp_path / "ix", duplicate_threshold=None)  # `crowd` is not p00's listing
+    emb = fill(index, rng, n=20, views=1)
+    base = emb["p00"][0]
+    crowd = base + 0.01 * rng.standard_normal((20, 16))  # 20 views of one product next to p00
+    emb["crowd"] = crowd / np.linalg.norm(crowd, axis=1, keepdims=True)
+    index.upsert(Product("crowd", "a"), emb["crowd"])
+    asked: list[int] = []
+    search = index.store.search
+    monkeypatch.setattr(
+        index.store, "search", lambda q, k, c=None: (asked.append(len(q)), search(q, k, c))[1]
+    )
+    far = min(emb, key=lambda pid: float(emb[pid][0] @ base))  # its rows are not the crowd's
+    found = top_products(index, [emb["p00"], emb[far]], 5, None, ["p00", far], fetch=10)
+    assert asked == [2, 1]  # both rows, then p00's alone (its 10 rows were nearly all `crowd`)
+    for pid, (hits, _) in zip(["p00", far], found, strict=True):
+        assert [h.product_id for h in hits] == naive_similar(emb, pid, 5, set(emb))
+    index.close()
+
+
 @pytest.mark.parametrize("kind", ["exact", "milvus"])
 def test_catalog_writes_are_visible_in_the_next_query(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(8)

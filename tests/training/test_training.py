@@ -214,3 +214,37 @@ def test_triplet_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text(json.dumps(good) + "\n" + json.dumps(rejected) + "\n")
     triplets = read_triplets(path)
     assert len(triplets) == 1 and triplets[0].query.bbox is not None
+
+
+def test_detected_street_boxes_join_their_training_products_only(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    from visnet.data.street2shop import Box, read_set
+    from visnet.detect.street_boxes import StreetBox, write_street_boxes
+    from visnet.training.datasets import ImageRef
+    from visnet.training.trainer import _split
+
+    data = read_set(synthetic)
+    rows, held = _split(data, _settings(synthetic, tmp_path / "unused"))
+    first = next(r for r in rows if r.street)
+    pair = next(p for p in data.pairs["train"] if p.product == first.product)
+    other = next(p for p in data.pairs["train"] if p.product != first.product)
+    held_pair = next(p for p in data.pairs["train"] if p.product == held[0].product)
+    box = Box(pair.bbox.left + 1, pair.bbox.top, pair.bbox.width, pair.bbox.height)
+    rows_in = [
+        StreetBox(pair.photo, pair.product, box, 0.9),  # kept
+        StreetBox(pair.photo, pair.product, box, 0.9),  # the same box again: once
+        StreetBox(pair.photo, pair.product, Box(0, 0, 4, 4), 0.3),  # another object
+        StreetBox(other.photo, pair.product, box, 0.9),  # not a photo of this product
+        StreetBox(held_pair.photo, held_pair.product, box, 0.9),  # validation: labels only
+    ]
+    path = tmp_path / "boxes.jsonl"
+    write_street_boxes(path, rows_in)
+    settings = _settings(synthetic, tmp_path / "run", steps=1, street_boxes=str(path))
+    with_boxes, held_again = _split(data, settings)
+    added = {r.product: r.street for r in with_boxes}
+    assert added[first.product] == [*first.street, ImageRef(data.photo_path(pair.photo), box)]
+    assert all(added[r.product] == r.street for r in rows if r is not first)
+    assert [r.street for r in held_again] == [r.street for r in held]
+    final = train(settings)  # the run trains on them and records where they came from
+    assert read_checkpoint(final)["extra"]["settings"]["street_boxes"] == str(path)

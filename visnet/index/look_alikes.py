@@ -7,6 +7,7 @@ import bisect
 import functools
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -90,20 +91,26 @@ def top_products(
     seeds: list[str | None],
     filters: ProductFilter | None = None,
     exact_limit: int = 0,
+    fetch: int = 0,
 ) -> list[tuple[list[Hit], list[tuple[str, float]]]]:
     """For each group of query rows: the top-k products (views collapsed by max score,
     listings of one picture into one hit), and the listings of the group's seed product
     (its look-alikes' query: left out, and said apart).
 
-    A filter that at most ``exact_limit`` vectors pass is searched exactly over them; a wider
-    one by the store's own search, widened until k products that pass come back."""
+    Each query row first asks the store for ``fetch`` vectors (0: ``4k + 8``, room for products
+    of a few views and the seed's own); the groups still short of k products ask again, four
+    times as many, and only they. A filter that at most ``exact_limit`` vectors pass is searched
+    exactly over them; a wider one by the store's own search, widened until k products pass."""
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}")
-    queries = np.concatenate(groups)
-    starts = np.cumsum([0, *(len(g) for g in groups)])
-    fetch = 4 * k + 8  # products have a few views each, and the query's own may come back
+    fetch = fetch if fetch > 0 else 4 * k + 8
+    found: list[tuple[list[Hit], list[tuple[str, float]]] | None] = [None] * len(groups)
+    pending = list(range(len(groups)))
     allowed: tuple[np.ndarray, np.ndarray] | None = None  # a narrow filter's (ids, vectors)
-    while True:
+    while pending:
+        asked = [groups[i] for i in pending]
+        queries = np.concatenate(asked)
+        starts = np.cumsum([0, *(len(g) for g in asked)])
         if allowed is None:
             ids, scores = index.store.search(queries, fetch, category)
         else:
@@ -113,19 +120,24 @@ def top_products(
             passing = index.products.matching(owners.values(), filters)
             owners = {vid: pid for vid, pid in owners.items() if pid in passing}
         ranked = [
-            _rank(ids[a:b], scores[a:b], owners, seed)
-            for a, b, seed in zip(starts[:-1], starts[1:], seeds, strict=True)
+            _rank(ids[a:b], scores[a:b], owners, seeds[i])
+            for a, b, i in zip(starts[:-1], starts[1:], pending, strict=True)
         ]
-        found = _collapse(index, ranked, groups, seeds, k)
+        got = _collapse(index, ranked, asked, [seeds[i] for i in pending], k)
         limit = index.store.count() if allowed is None else len(allowed[0])
-        if all(len(hits) >= k for hits, _ in found) or fetch >= limit:
-            return found
-        if filters and allowed is None:  # short: a narrow filter, searched over its vectors
+        short = []
+        for i, result in zip(pending, got, strict=True):
+            found[i] = result
+            if len(result[0]) < k and fetch < limit:
+                short.append(i)
+        pending = short
+        if pending and filters and allowed is None:  # short: a narrow filter, searched exactly
             narrow = index.products.filtered_vector_ids(filters, category, exact_limit)
             if narrow is not None:
                 allowed = (narrow, index.store.get(narrow))
                 continue
         fetch *= 4
+    return found  # type: ignore[return-value]  # every group was answered
 
 
 def _collapse(
@@ -216,8 +228,12 @@ def precompute_lists(
                unit="product", disable=not progress)  # fmt: skip
     begun, skipped = time.perf_counter(), 0
     chunks = [todo[start : start + batch] for start in range(0, len(todo), batch)]
+    # rows a query asks for: k products of the catalog's mean number of views, and slack for
+    # the product's own (a product still short asks again, alone: `top_products`)
+    views = sum(len(ids) for ids in groups.values()) / max(len(groups), 1)
+    fetch = math.ceil(k * min(max(views, 1.0), 4.0)) + 8
     lists_of = functools.partial(
-        _similar_lists, index, groups=groups, k=k, same_category=same_category
+        _similar_lists, index, groups=groups, k=k, same_category=same_category, fetch=fetch
     )
     # the collapse multiplies many small matrices: one BLAS thread does them ~5x faster
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
@@ -272,6 +288,7 @@ def _similar_lists(
     groups: dict[tuple[str, str], list[int]],
     k: int,
     same_category: bool,
+    fetch: int,
 ) -> tuple[dict[str, Recommended], int]:
     """The lists of a batch of (category, product) keys, and how many were skipped."""
     views = _batch_views(index.store, [groups[key] for key in chunk])
@@ -286,6 +303,7 @@ def _similar_lists(
             k,
             cat if same_category else None,
             [chunk[i][1] for i in rows],
+            fetch=fetch,
         )
         for i, (hits, own) in zip(rows, found, strict=True):
             lists[chunk[i][1]] = ([(h.product_id, h.score, h.duplicates) for h in hits], own)

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from visnet.data.street2shop import Box, Street2ShopSet
+from visnet.detect.street_boxes import MIN_IOU, StreetBox
 from visnet.images import ImageError, crop_with_margin, load_image
 from visnet.io import JsonLinesError, read_jsonl
 
@@ -97,6 +98,29 @@ def product_table(
         if pair.product in table and path is not None:
             table[pair.product].street.append(ImageRef(path, pair.bbox))
     return [table[p] for p in sorted(table)]
+
+
+def add_street_boxes(
+    table: list[ProductViews], data: Street2ShopSet, boxes: Sequence[StreetBox]
+) -> int:
+    """Add each detected box that covers its product (`street_boxes.MIN_IOU`) as another street
+    crop of that product, where the photo is one of its train-split pairs. Returns how many."""
+    pairs = {(p.photo, p.product) for p in data.pairs.get("train", [])}
+    by_product = {entry.product: entry for entry in table}
+    added = 0
+    for found in boxes:
+        entry = by_product.get(found.product)
+        path = data.photo_path(found.photo)
+        if entry is None or path is None or found.iou < MIN_IOU:
+            continue
+        if (found.photo, found.product) not in pairs:
+            continue
+        ref = ImageRef(path, found.box)
+        if ref not in entry.street:
+            entry.street.append(ref)
+            added += 1
+    log.info("added %d detected street boxes to %d products", added, len(table))
+    return added
 
 
 def drop_unreadable(table: list[ProductViews], bank: ImageBank) -> list[ProductViews]:

@@ -24,6 +24,7 @@ class TrainSettings:
     preset: str = "lite0"  # the default model: EfficientNet-Lite0 + shallow branches
     triplets: str | None = None  # a triplet file or review queue; None: read the data set
     include_pending: bool = False  # from a review queue, also train on unreviewed triplets
+    street_boxes: str | None = None  # detected boxes of the street photos (`visnet detect boxes`)
     loss: str = "contrastive"
     steps: int = 600
     batch_size: int = 64

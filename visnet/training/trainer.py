@@ -25,6 +25,7 @@ import torch
 
 from visnet.data.splits import validation_products, variant_groups
 from visnet.data.street2shop import read_set
+from visnet.detect.street_boxes import read_street_boxes
 from visnet.embed.registry import create_embedder
 from visnet.eval.cache import data_fingerprint
 from visnet.model import (
@@ -53,6 +54,7 @@ from visnet.training.datasets import (
     ProductViews,
     Triplet,
     TripletSampler,
+    add_street_boxes,
     drop_unreadable,
     product_table,
     read_triplets,
@@ -159,7 +161,10 @@ def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list
     """Train products, less a validation share held out by shape (colour variants together)."""
     held = validation_products(data, settings.val_fraction, settings.seed, settings.val_categories)
     products = {p.product for p in data.pairs["train"]}
-    return product_table(data, products - held), product_table(data, held)
+    rows = product_table(data, products - held)
+    if settings.street_boxes:  # training products only: validation reads labelled boxes
+        add_street_boxes(rows, data, read_street_boxes(settings.street_boxes))
+    return rows, product_table(data, held)
 
 
 def _sampler(
