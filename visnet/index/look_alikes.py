@@ -206,6 +206,7 @@ def precompute_lists(
     progress: bool = False,
     resume: bool = True,
     workers: int = 2,
+    fetch: int = 0,
 ) -> int:
     """Compute and store every product's ``similar`` list (and its own other listings);
     returns the number of products and logs the rate.
@@ -216,7 +217,9 @@ def precompute_lists(
     and the lists are stored in batch order. Each stored batch
     records how far the run got, so a run with the same ``k``, ``same_category`` and
     threshold continues after the last stored batch (``resume=False`` starts over). A
-    product whose views change meanwhile is skipped, counted and logged.
+    product whose views change meanwhile is skipped, counted and logged. Each query row asks
+    the store for ``fetch`` rows (0: k times the catalog's mean views a product, at most 4, plus
+    8); a product still short asks again alone (`top_products`).
     """
     groups: dict[tuple[str, str], list[int]] = {}
     for vid, pid, cat in index.products.vector_table():
@@ -230,8 +233,9 @@ def precompute_lists(
     chunks = [todo[start : start + batch] for start in range(0, len(todo), batch)]
     # rows a query asks for: k products of the catalog's mean number of views, and slack for
     # the product's own (a product still short asks again, alone: `top_products`)
-    views = sum(len(ids) for ids in groups.values()) / max(len(groups), 1)
-    fetch = math.ceil(k * min(max(views, 1.0), 4.0)) + 8
+    if fetch < 1:
+        views = sum(len(ids) for ids in groups.values()) / max(len(groups), 1)
+        fetch = math.ceil(k * min(max(views, 1.0), 4.0)) + 8
     lists_of = functools.partial(
         _similar_lists, index, groups=groups, k=k, same_category=same_category, fetch=fetch
     )
