@@ -30,6 +30,10 @@ command after a kill), and reports the bytes a product the stored lists take:
         --prepare-only
     python benchmarks/api.py --model models/visnet-default.pt --work runs/api-10m --reuse \
         --phases similar
+
+``--stored-only`` asks only for products whose list is already stored: the stored path at the
+catalog's full size while its precomputation is still part done (a product without a stored
+list is computed live, far slower).
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ def parse_args() -> argparse.Namespace:
         default="auto",
         help="--bulk's partition kind (auto, exact, hnsw, compressed); compressed for "
         "categories of millions (auto would build each as HNSW up to compressed_threshold first)",
+    )
+    p.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="/similar asks only for products whose list is stored (an index whose "
+        "precomputation is part done: the stored path at the catalog's full size)",
     )
     p.add_argument("--cache-size", type=int, default=10_000, help="server /similar cache (0: off)")
     p.add_argument("--concurrency", type=int, default=16, help="connections for /similar")
@@ -215,12 +225,19 @@ def list_bytes(index_dir: Path, products: int) -> float | None:
     return round((used or 0) / max(1, products), 1)
 
 
-def product_ids(index_dir: Path, limit: int = 200_000) -> tuple[list[str], int]:
-    """Up to ``limit`` product ids, spread over the whole table, and the product count."""
+def product_ids(
+    index_dir: Path, limit: int = 200_000, stored_only: bool = False
+) -> tuple[list[str], int]:
+    """Up to ``limit`` product ids, spread over the whole table (or over the products whose list
+    is stored), and the product count."""
     import sqlite3
 
     with sqlite3.connect(index_dir / "products.sqlite") as db:
         count = db.execute("SELECT count(*) FROM products").fetchone()[0]
+        if stored_only:
+            rows = db.execute("SELECT DISTINCT product_id FROM recommendations")
+            stored = [row[0] for row in rows]
+            return stored[:: max(1, len(stored) // limit)], count
         step = max(1, count // limit)
         rows = db.execute("SELECT id FROM products WHERE rowid % ? = 0", (step,))
         return [row[0] for row in rows], count
@@ -314,8 +331,10 @@ def main() -> None:
                 prep = add_synthetic(index, args.synthetic, args.categories, args.precompute)
         state = {"index": str(index), "photos": str(photo_dir or ""), "prepare": prep}
         prepared.write_text(json.dumps(state))
-    ids, count = product_ids(index)
+    ids, count = product_ids(index, stored_only=args.stored_only)
     print(f"index {index}: {count:,} products; {prep}")
+    if args.stored_only:
+        print(f"/similar asks for {len(ids):,} of the products whose list is stored")
     if args.prepare_only:
         return
     port = free_port()
@@ -329,6 +348,7 @@ def main() -> None:
     )
     try:
         results = {"products": count, "prepare": prep, "cache_size": args.cache_size}
+        results["stored_only"] = args.stored_only
         results |= measure(args, port, ids, photo_dir)
     finally:
         stop_server(server)
