@@ -17,7 +17,8 @@ API_KEY ?= demo-key
 demo: setup
 	@if [ ! -f $(DATA)/summary.json ]; then $(BIN)/visnet data demo --out $(DATA); \
 	else echo "demo set already built in $(DATA) (delete it to rebuild):"; cat $(DATA)/summary.json; fi
-	@[ -f $(INDEX)/manifest.json ] || $(BIN)/visnet index build --catalog $(DATA) --model $(MODEL) --out $(INDEX)
+	@if [ -f $(INDEX)/manifest.json ]; then $(BIN)/visnet index rebuild --index $(INDEX) --model $(MODEL) --if-stale; \
+	else $(BIN)/visnet index build --catalog $(DATA) --model $(MODEL) --out $(INDEX); fi
 	@[ -f $(INDEX)/samples/samples.json ] || $(BIN)/visnet samples --data $(DATA) --out $(INDEX)/samples
 	@[ -f $(QUEUE) ] || { $(BIN)/visnet triplets catalog --data $(DATA) --out data/catalog-triplets.jsonl \
 	    --scorers colour=1,texture=1,deep:$(MODEL)=1 --per-product 1 >/dev/null && \

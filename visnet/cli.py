@@ -860,15 +860,26 @@ def index_rebuild(
     dim: int | None = typer.Option(
         None, "--dim", help="PCA dimension [the old index's; 0: keep the full embedding]."
     ),
+    if_stale: bool = typer.Option(
+        False, "--if-stale", help="Only if the index was built by another model (else no-op)."
+    ),
 ) -> None:
     """Re-embed every product of an index with another model, from the index's own images."""
-    from visnet.index.protocol import StoreError
+    from visnet.embed.registry import embedder_fingerprint
+    from visnet.index.catalog_index import check_model
+    from visnet.index.protocol import IndexMismatchError, StoreError
     from visnet.index.rebuild import rebuild_index
 
     try:
-        summary = rebuild_index(
-            index, _embedder(model, "auto", 64), out=out, catalog_root=catalog_root, dim=dim
-        )
+        embedder = _embedder(model, "auto", 64)
+        if if_stale:
+            try:
+                check_model(index, embedder_fingerprint(embedder), model)
+                typer.echo(f"{index} is already built with {model}: nothing to rebuild")
+                return
+            except IndexMismatchError:  # built by another model: rebuild it
+                pass
+        summary = rebuild_index(index, embedder, out=out, catalog_root=catalog_root, dim=dim)
     except (OSError, ValueError, StoreError) as exc:
         _fail(str(exc))
     dropped = summary.pop("skipped_products")

@@ -191,3 +191,20 @@ def test_what_the_folder_keeps_beside_the_index_comes_along(built: tuple[Path, P
     assert (index_dir / "queries" / "abc.jpg").read_bytes() == b"crop"
     assert (index_dir / "samples" / "one.jpg").read_bytes() == b"photo"
     assert not (index_dir / "service-state.json").exists()
+
+
+def test_if_stale_rebuilds_only_an_index_of_another_model(built: tuple[Path, Path]) -> None:
+    _, index_dir = built
+    runner = CliRunner()
+    command = ["index", "rebuild", "--index", str(index_dir), "--if-stale", "--dim", "0"]
+    same = runner.invoke(app, [*command, "--model", OLD])
+    assert same.exit_code == 0 and "nothing to rebuild" in same.output
+    assert not index_dir.with_name("index.before-rebuild").exists()
+    other = runner.invoke(app, [*command, "--model", NEW])
+    assert other.exit_code == 0, other.output
+    assert json.loads((index_dir / "manifest.json").read_text())["model_fingerprint"] == (
+        _fingerprint(NEW)
+    )
+    assert index_dir.with_name("index.before-rebuild").is_dir()  # the old one kept
+    again = runner.invoke(app, [*command, "--model", NEW])
+    assert "nothing to rebuild" in again.output
