@@ -96,6 +96,33 @@ def test_precomputed_lists_equal_live_ones_and_go_stale_when_a_listing_is_delete
     assert not index.recommendations_current()
 
 
+def test_a_part_done_precomputation_serves_its_lists(shop, monkeypatch) -> None:
+    index, _, _ = shop
+    put = index.products.put_recommendations
+    calls = []
+
+    def dies_after_one_batch(lists: dict) -> None:
+        if calls:
+            raise OSError("killed")
+        calls.append(len(lists))
+        put(lists)
+
+    monkeypatch.setattr(index.products, "put_recommendations", dies_after_one_batch)
+    with pytest.raises(OSError, match="killed"):
+        index.precompute_similar(k=4, batch=8, workers=1)
+    assert calls == [8] and index.recommendations_current()  # its own threshold: served
+    index.duplicate_threshold = 0.95
+    assert not index.recommendations_current()  # made with another threshold: not served
+    index.duplicate_threshold = 0.97
+    monkeypatch.setattr(index.products, "put_recommendations", put)
+    index.precompute_similar(k=4)  # finished
+    index.duplicate_threshold = 0.95
+    monkeypatch.setattr(index.products, "put_recommendations", dies_after_one_batch)
+    with pytest.raises(OSError, match="killed"):
+        index.precompute_similar(k=4, batch=8, workers=1)
+    assert not index.recommendations_current()  # a mix of two thresholds until it finishes
+
+
 def test_no_threshold_shows_every_listing(tmp_path) -> None:
     rng = np.random.default_rng(1)
     index = catalog(tmp_path / "ix", threshold=None)

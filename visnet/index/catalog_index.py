@@ -16,6 +16,7 @@ import numpy as np
 from visnet.index.duplicates import DUPLICATE_THRESHOLD
 from visnet.index.embedded import StoreSettings
 from visnet.index.look_alikes import (
+    PROGRESS_META,
     THRESHOLD_META,
     Hit,
     LookAlikes,
@@ -400,11 +401,14 @@ class CatalogIndex:
 
     def recommendations_current(self) -> bool:
         """Whether the stored lists, if any, were made with this index's ``duplicate_threshold``
-        (lists stored before near-duplicates were collapsed were not)."""
+        (lists stored before near-duplicates were collapsed were not). A precomputation still
+        under way (or stopped, to be resumed) that no finished one preceded counts by its own
+        threshold: its lists are served, the products it has not reached yet are answered live."""
         made = self.products.get_meta(THRESHOLD_META)
-        return (
-            made == json.dumps(self.duplicate_threshold) or not self.products.has_recommendations()
-        )
+        if made == json.dumps(self.duplicate_threshold) or not self.products.has_recommendations():
+            return True
+        running = json.loads(self.products.get_meta(PROGRESS_META) or "null")
+        return made is None and bool(running) and running["threshold"] == self.duplicate_threshold
 
     def recommendations(self, product_id: str) -> list[Hit]:
         """The precomputed ``similar`` list (products deleted since are left out)."""
