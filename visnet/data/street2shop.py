@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from visnet.images import ImageError, load_image
 from visnet.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,13 @@ class Street2ShopSet:
 
     def photo_path(self, photo: int) -> Path | None:
         return photo_path(self.root, photo)
+
+    def load_photo(self, photo: int) -> Image.Image:
+        """The photo decoded (RGB); `ImageError` when it is missing or unreadable."""
+        path = self.photo_path(photo)
+        if path is None:
+            raise ImageError(f"photo {photo} is missing")
+        return load_image(path)
 
     def objects_by_photo(self, min_visible: float = 0.0) -> dict[int, list[StreetObject]]:
         """Photo -> the other products seen in it, those at least `min_visible` in view."""

@@ -18,7 +18,7 @@ from visnet.data.splits import VAL, validation_pairs, validation_products
 from visnet.data.street2shop import read_set
 from visnet.detect.detector import Detections, Detector
 from visnet.detect.settings import DetectTrainSettings
-from visnet.images import ImageError, load_image
+from visnet.images import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +232,8 @@ def run_detector(
     read, seconds per photo (decoding excluded), photos skipped (missing or unreadable)."""
     predictions, kept, times, skipped = [], [], [], 0
     for photo, truth in truths.items():
-        path = data.photo_path(photo)
         try:
-            if path is None:
-                raise ImageError(f"photo {photo} is missing")
-            image = load_image(path)
+            image = data.load_photo(photo)
         except ImageError as exc:
             log.warning("skipping photo %d: %s", photo, exc)
             skipped += 1

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import Box
 from visnet.detect.crops import box_iou, shoppers_box
-from visnet.images import ImageError, load_image
+from visnet.images import ImageError
 from visnet.io import JsonLinesError, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,8 @@ def detect_street_boxes(detector: Any, data: Any, split: str = "train") -> Itera
         raise ValueError(f"the data set has no street photos in split {split!r}")
     skipped = 0
     for photo, pairs in tqdm(sorted(by_photo.items()), desc=f"detect {split}", unit="photo"):
-        path = data.photo_path(photo)
         try:
-            if path is None:
-                raise ImageError(f"photo {photo} is missing")
-            image = load_image(path)
+            image = data.load_photo(photo)
         except ImageError as exc:
             log.warning("skipping photo %d: %s", photo, exc)
             skipped += 1
