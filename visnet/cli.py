@@ -300,7 +300,9 @@ def detect_boxes(
     try:
         detector = Detector.load(model)
         found = list(detect_street_boxes(detector, read_set(data), split))
-        count = write_street_boxes(out, iter(found))
+        if not found:
+            raise ValueError(f"no boxes: no {split} photo could be read or held a detection")
+        count = write_street_boxes(out, found)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     iou = np.array([b.iou for b in found])
@@ -866,19 +868,14 @@ def index_rebuild(
 ) -> None:
     """Re-embed every product of an index with another model, from the index's own images."""
     from visnet.embed.registry import embedder_fingerprint
-    from visnet.index.catalog_index import check_model
-    from visnet.index.protocol import IndexMismatchError, StoreError
+    from visnet.index.protocol import StoreError
     from visnet.index.rebuild import rebuild_index
 
     try:
         embedder = _embedder(model, "auto", 64)
-        if if_stale:
-            try:
-                check_model(index, embedder_fingerprint(embedder), model)
-                typer.echo(f"{index} is already built with {model}: nothing to rebuild")
-                return
-            except IndexMismatchError:  # built by another model: rebuild it
-                pass
+        if if_stale and _built_with(index, embedder_fingerprint(embedder), model):
+            typer.echo(f"{index} is already built with {model}: nothing to rebuild")
+            return
         summary = rebuild_index(index, embedder, out=out, catalog_root=catalog_root, dim=dim)
     except (OSError, ValueError, StoreError) as exc:
         _fail(str(exc))
@@ -890,6 +887,18 @@ def index_rebuild(
     if summary["previous"]:
         typer.echo(f"the old index is kept in {summary['previous']}; delete it when done")
     typer.echo(f"wrote {summary['index']} for model {summary['model']}")
+
+
+def _built_with(index: Path, fingerprint: str, model: str) -> bool:
+    """Whether the index at `index` was built by the model of `fingerprint` (no index: raises)."""
+    from visnet.index.catalog_index import check_model
+    from visnet.index.protocol import IndexMismatchError
+
+    try:
+        check_model(index, fingerprint, model)
+    except IndexMismatchError:
+        return False
+    return True
 
 
 @index_app.command("similar")

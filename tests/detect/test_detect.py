@@ -545,3 +545,24 @@ def test_a_malformed_street_box_file_names_its_line(tmp_path):
         read_street_boxes(path)
     with pytest.raises(FileNotFoundError, match="visnet detect boxes"):
         read_street_boxes(tmp_path / "missing.jsonl")
+
+
+def test_detect_boxes_with_no_readable_photo_fails_and_writes_nothing(
+    tmp_path, data_dir, categories
+):
+    import shutil
+
+    from visnet.cli import app
+
+    root = tmp_path / "set"
+    shutil.copytree(data_dir, root)
+    data = read_set(root)
+    for pair in data.pairs["test"]:
+        data.photo_path(pair.photo).write_bytes(b"not an image")
+    model = tmp_path / "detector.pt"
+    _detector(categories).save(model)
+    out = tmp_path / "boxes.jsonl"
+    args = ["detect", "boxes", "--data", str(root), "--model", str(model), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--split", "test"])
+    assert result.exit_code != 0 and "no boxes" in result.output
+    assert not out.exists()

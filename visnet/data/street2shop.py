@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,21 @@ class Street2ShopSet:
         if path is None:
             raise ImageError(f"photo {photo} is missing")
         return load_image(path)
+
+    def readable_photos(self, photos: Iterable[int]) -> Iterator[tuple[int, Image.Image]]:
+        """(photo, decoded image) for each of `photos` that loads; a missing or unreadable one
+        is skipped with a warning, and their count is logged at the end."""
+        skipped = 0
+        for photo in photos:
+            try:
+                image = self.load_photo(photo)
+            except ImageError as exc:
+                log.warning("skipping photo %d: %s", photo, exc)
+                skipped += 1
+                continue
+            yield photo, image
+        if skipped:
+            log.warning("skipped %d photos (missing or unreadable)", skipped)
 
     def objects_by_photo(self, min_visible: float = 0.0) -> dict[int, list[StreetObject]]:
         """Photo -> the other products seen in it, those at least `min_visible` in view."""

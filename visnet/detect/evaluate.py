@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Sequence
@@ -18,9 +17,6 @@ from visnet.data.splits import VAL, validation_pairs, validation_products
 from visnet.data.street2shop import read_set
 from visnet.detect.detector import Detections, Detector
 from visnet.detect.settings import DetectTrainSettings
-from visnet.images import ImageError
-
-log = logging.getLogger(__name__)
 
 IOU_THRESHOLD = 0.5
 # the other products of a photo (street_objects.json) count for shop the look when at least
@@ -230,19 +226,13 @@ def run_detector(
 ) -> tuple[list[Detections], list[GroundTruth], list[float], int]:
     """Detect on each photo of `truths`, one at a time: predictions, the truths of the photos
     read, seconds per photo (decoding excluded), photos skipped (missing or unreadable)."""
-    predictions, kept, times, skipped = [], [], [], 0
-    for photo, truth in truths.items():
-        try:
-            image = data.load_photo(photo)
-        except ImageError as exc:
-            log.warning("skipping photo %d: %s", photo, exc)
-            skipped += 1
-            continue
+    predictions, kept, times = [], [], []
+    for photo, image in data.readable_photos(truths):
         start = time.perf_counter()
         predictions.extend(detector.detect([image]))
         times.append(time.perf_counter() - start)
-        kept.append(truth)
-    return predictions, kept, times, skipped
+        kept.append(truths[photo])
+    return predictions, kept, times, len(truths) - len(kept)
 
 
 def _timing(times: list[float]) -> dict[str, float]:

@@ -11,7 +11,6 @@ pixels, as the data set's boxes) and `iou` with the labelled box. `visnet detect
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,7 @@ from tqdm import tqdm
 
 from visnet.data.street2shop import Box
 from visnet.detect.crops import box_iou, shoppers_box
-from visnet.images import ImageError
 from visnet.io import JsonLinesError, read_jsonl, write_jsonl_atomic
-
-log = logging.getLogger(__name__)
 
 # A detected box covering less of the product than this is another object (`shoppers_box` falls
 # back to the best box when nothing covers the product): it teaches nothing about the product.
@@ -50,24 +46,16 @@ def detect_street_boxes(detector: Any, data: Any, split: str = "train") -> Itera
         by_photo.setdefault(pair.photo, []).append(pair)
     if not by_photo:
         raise ValueError(f"the data set has no street photos in split {split!r}")
-    skipped = 0
-    for photo, pairs in tqdm(sorted(by_photo.items()), desc=f"detect {split}", unit="photo"):
-        try:
-            image = data.load_photo(photo)
-        except ImageError as exc:
-            log.warning("skipping photo %d: %s", photo, exc)
-            skipped += 1
-            continue
+    photos = tqdm(sorted(by_photo), desc=f"detect {split}", unit="photo")
+    for photo, image in data.readable_photos(photos):
         found = detector.detect([image])[0]
-        for pair in pairs:
+        for pair in by_photo[photo]:
             wanted = pair.bbox.as_xyxy()
             clicked = shoppers_box(found, wanted)
             if clicked:
                 x0, y0, x1, y1 = clicked[0][0]
                 box = Box(x0, y0, x1 - x0, y1 - y0)
                 yield StreetBox(photo, pair.product, box, box_iou(clicked[0][0], wanted))
-    if skipped:
-        log.warning("skipped %d of %d photos (missing or unreadable)", skipped, len(by_photo))
 
 
 def write_street_boxes(path: Path | str, boxes: Iterable[StreetBox]) -> int:

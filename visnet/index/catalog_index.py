@@ -408,7 +408,9 @@ class CatalogIndex:
         if made == json.dumps(self.duplicate_threshold) or not self.products.has_recommendations():
             return True
         running = json.loads(self.products.get_meta(PROGRESS_META) or "null")
-        return made is None and bool(running) and running["threshold"] == self.duplicate_threshold
+        return (
+            made is None and bool(running) and running.get("threshold") == self.duplicate_threshold
+        )
 
     def recommendations(self, product_id: str) -> list[Hit]:
         """The precomputed ``similar`` list (products deleted since are left out)."""

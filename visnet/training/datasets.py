@@ -110,10 +110,10 @@ def add_street_boxes(
     added = 0
     for found in boxes:
         entry = by_product.get(found.product)
-        path = data.photo_path(found.photo)
-        if entry is None or path is None or found.iou < MIN_IOU:
+        if entry is None or found.iou < MIN_IOU or (found.photo, found.product) not in pairs:
             continue
-        if (found.photo, found.product) not in pairs:
+        path = data.photo_path(found.photo)
+        if path is None:
             continue
         ref = ImageRef(path, found.box)
         if ref not in entry.street:
