@@ -445,6 +445,11 @@ def train_command(
         help="Detected boxes of the train split's street photos (`visnet detect boxes`): "
         "their crops join the labelled ones as street queries.",
     ),
+    box_jitter: int = typer.Option(
+        _train("box_jitter"),
+        help="Also cut each labelled street box this many times moved like a detector's box "
+        "(IoU 0.5-0.85 with the label), since search cuts queries at detected boxes.",
+    ),
     loss: str = typer.Option(_train("loss"), help="contrastive, triplet or batch-hard."),
     steps: int = typer.Option(_train("steps"), help="Optimiser steps."),
     batch_size: int = typer.Option(_train("batch_size"), help="Products (or triplets) per step."),

@@ -248,3 +248,30 @@ def test_detected_street_boxes_join_their_training_products_only(
     assert [r.street for r in held_again] == [r.street for r in held]
     final = train(settings)  # the run trains on them and records where they came from
     assert read_checkpoint(final)["extra"]["settings"]["street_boxes"] == str(path)
+
+
+def test_jittered_boxes_cover_the_label_loosely_and_reproducibly(synthetic: Path) -> None:
+    import numpy as np
+
+    from visnet.data.street2shop import Box, read_set
+    from visnet.detect.crops import box_iou
+    from visnet.training.datasets import JITTER_IOU, jittered_box
+    from visnet.training.trainer import _split
+
+    label = Box(40, 30, 120, 200)
+    rng = np.random.default_rng(0)
+    ious = [box_iou(jittered_box(label, rng).as_xyxy(), label.as_xyxy()) for _ in range(200)]
+    assert JITTER_IOU[0] <= min(ious) and max(ious) <= JITTER_IOU[1]
+    assert np.std(ious) > 0.05  # spread over the band, not one box
+
+    data = read_set(synthetic)
+    plain, held = _split(data, _settings(synthetic, Path("unused")))
+    jittered, held_again = _split(data, _settings(synthetic, Path("unused"), box_jitter=2))
+    again, _ = _split(data, _settings(synthetic, Path("unused"), box_jitter=2))
+    for before, after, same in zip(plain, jittered, again, strict=True):
+        assert after.street[: len(before.street)] == before.street  # labels kept, first
+        assert len(after.street) == 3 * len(before.street)
+        assert after.street == same.street  # the same seed cuts the same boxes (cache keys)
+    assert [r.street for r in held_again] == [r.street for r in held]  # validation: labels only
+    with pytest.raises(ValueError, match="box_jitter"):
+        _settings(synthetic, Path("unused"), box_jitter=-1)

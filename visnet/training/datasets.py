@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from visnet.data.street2shop import Box, Street2ShopSet
+from visnet.detect.crops import box_iou
 from visnet.detect.street_boxes import MIN_IOU, StreetBox
 from visnet.images import ImageError, crop_with_margin, load_image
 from visnet.io import JsonLinesError, read_jsonl
@@ -120,6 +121,49 @@ def add_street_boxes(
             entry.street.append(ref)
             added += 1
     log.info("added %d detected street boxes to %d products", added, len(table))
+    return added
+
+
+# The band of IoU with the labelled box that `add_jittered_boxes` draws from: where a detector's
+# box still covers the product but the embedding reads it worse than the label (on validation,
+# the shopper's box lost most photos at IoU 0.5-0.7: benchmarks/detector_crops.py).
+JITTER_IOU = (0.5, 0.85)
+JITTER_SHIFT = 0.3  # each edge moves up to this share of the box's width or height
+
+
+def jittered_box(box: Box, rng: np.random.Generator, iou: tuple[float, float] = JITTER_IOU) -> Box:
+    """A box like a detector's that covers `box` loosely: each edge moved independently (in or
+    out) until the IoU with `box` lies in `iou`."""
+    x1, y1, x2, y2 = box.as_xyxy()
+    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    for _ in range(100):
+        dx1, dy1, dx2, dy2 = rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, 4)
+        a = (max(0.0, x1 + dx1 * w), max(0.0, y1 + dy1 * h), x2 + dx2 * w, y2 + dy2 * h)
+        wide, tall = a[2] - a[0] >= 2, a[3] - a[1] >= 2
+        if wide and tall and iou[0] <= box_iou(a, (x1, y1, x2, y2)) <= iou[1]:
+            return Box(a[0], a[1], a[2] - a[0], a[3] - a[1])
+    return box  # a degenerate box: keep the label (never reached for boxes of a few pixels)
+
+
+def add_jittered_boxes(table: list[ProductViews], copies: int, seed: int) -> int:
+    """Add `copies` jittered versions (`jittered_box`) of each labelled street box of the table,
+    drawn with `seed`, so the same settings cut the same crops (the feature cache keys on them).
+    Returns how many."""
+    if copies <= 0:
+        return 0
+    rng = np.random.default_rng(seed)
+    added = 0
+    for entry in table:
+        labelled = list(entry.street)
+        for ref in labelled:
+            if ref.bbox is None:
+                continue
+            for _ in range(copies):
+                jittered = ImageRef(ref.path, jittered_box(ref.bbox, rng))
+                if jittered not in entry.street:
+                    entry.street.append(jittered)
+                    added += 1
+    log.info("added %d jittered street boxes to %d products", added, len(table))
     return added
 
 

@@ -25,6 +25,7 @@ class TrainSettings:
     triplets: str | None = None  # a triplet file or review queue; None: read the data set
     include_pending: bool = False  # from a review queue, also train on unreviewed triplets
     street_boxes: str | None = None  # detected boxes of the street photos (`visnet detect boxes`)
+    box_jitter: int = 0  # jittered copies of each labelled street box (IoU 0.5-0.85 with it)
     loss: str = "contrastive"
     steps: int = 600
     batch_size: int = 64
@@ -66,6 +67,8 @@ class TrainSettings:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
         if self.variant_offset < 0:
             raise ValueError(f"variant_offset must be >= 0; got {self.variant_offset}")
+        if self.box_jitter < 0:
+            raise ValueError(f"box_jitter must be >= 0; got {self.box_jitter}")
         if self.freeze < 0 or self.cache_versions < 1 or self.triplet_weight < 0:
             raise ValueError("freeze and triplet_weight must be >= 0, cache_versions >= 1")
         if self.freeze and self.loss != "contrastive":

@@ -54,6 +54,7 @@ from visnet.training.datasets import (
     ProductViews,
     Triplet,
     TripletSampler,
+    add_jittered_boxes,
     add_street_boxes,
     drop_unreadable,
     product_table,
@@ -162,6 +163,7 @@ def _split(data: Any, settings: TrainSettings) -> tuple[list[ProductViews], list
     held = validation_products(data, settings.val_fraction, settings.seed, settings.val_categories)
     products = {p.product for p in data.pairs["train"]}
     rows = product_table(data, products - held)
+    add_jittered_boxes(rows, settings.box_jitter, settings.seed)  # before the detected boxes
     if settings.street_boxes:  # training products only: validation reads labelled boxes
         add_street_boxes(rows, data, read_street_boxes(settings.street_boxes))
     return rows, product_table(data, held)
