@@ -536,6 +536,49 @@ def test_similar_bytes_are_exactly_the_documented_model(live: Live) -> None:
     assert 'visnet_similar_responses_total{source="cache"}' in metrics
 
 
+def test_similar_fast_path_answers_as_the_route_does(live: Live) -> None:
+    """The plain cached or stored /similar is answered before FastAPI's routing
+    (`routes.SimilarFastPath`); anything else goes on to the route, with the same answers."""
+    from visnet.service.routes import SimilarFastPath
+
+    assert live.app.state.engine.recommendations.refresh()  # type: ignore[attr-defined]
+    fast = SimilarFastPath(app=None)
+
+    def answered_fast(path: str, query: bytes = b"") -> bool:
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": query}
+        return fast._answer({**scope, "app": live.app}) is not None
+
+    assert answered_fast("/v1/products/5/similar", b"k=3")
+    assert answered_fast("/v1/products/5/similar", b"k=3&same_category=1")
+    for path, query in [
+        ("/v1/products/5/similar", b"k=3&same_category=yes"),  # pydantic's true too: the route
+        ("/v1/products/5/similar", b"k=3&k=4"),
+        ("/v1/products/5/similar", b"k=0"),
+        ("/v1/products/5/similar", b"k=3&in_stock=true"),  # a filter: live, by the route
+        ("/v1/products/no-such/similar", b"k=3"),  # no list: the route's 404
+        ("/v1/products/5/similar/", b""),
+    ]:
+        assert not answered_fast(path, query), (path, query)
+
+    def body(params: dict[str, str]) -> dict[str, object]:
+        response = live.client.get("/v1/products/5/similar", params=params)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        return {k: v for k, v in response.json().items() if k != "query_id"}
+
+    assert body({"k": "3"}) == body({"k": "3", "same_category": "yes"})
+    assert body({"k": "3", "same_category": "1"}) == body({"k": "3", "same_category": "on"})
+    for path, status in [
+        ("/v1/products/5/similar?k=0", 422),
+        ("/v1/products/5/similar?k=101", 422),
+        ("/v1/products/no-such/similar?k=3", 404),
+        ("/v1/products/bad%20id/similar", 422),
+    ]:
+        response = live.client.get(path)
+        assert response.status_code == status, (path, response.text)
+        assert response.json()["error"] and response.json()["message"], response.text
+
+
 def test_answers_validate_against_their_models(live: Live) -> None:
     from visnet.service.schemas import CategoriesOut, ProductOut, ReadyOut, SearchOut
 

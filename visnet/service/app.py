@@ -144,6 +144,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     # outermost first: metrics see every request (401s and 413s included), then headers, then
     # the key and the size cap, both before the body is read
     events_cap = (settings.max_event_bytes, "send fewer events a batch")
+    app.add_middleware(routes.SimilarFastPath)  # innermost: everything above still applies
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,

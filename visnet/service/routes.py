@@ -6,6 +6,7 @@ a dependency, and turn its domain answers into the response models of `schemas.p
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import orjson
@@ -218,6 +219,71 @@ async def similar(
         live = engine.live_similar
         found = await run_in_threadpool(live, product_id, k, same_category, wanted)
     return similar_json(found, engine)
+
+
+class SimilarFastPath:
+    """The plain ``GET /v1/products/{id}/similar`` (``k`` and ``same_category`` at most) whose
+    answer is cached or stored, answered here without FastAPI's routing and parameter parsing;
+    every other request, and any such request this cannot answer, goes on to the route above.
+
+    The answer is `similar_json`'s bytes, as the route's. On the stored path the routing and
+    parameter parsing cost about twice the answer's own work (in-process: about 0.2 ms of
+    framework around 0.1 ms of SQLite read and JSON), which held the 10M-product catalog under
+    2,000 requests/s (`benchmarks/api.py`, docs/SCALE.md). Anything not exactly plain falls
+    through: a filter, an id off `PRODUCT_ID_PATTERN`, a k out of 1..MAX_K or not plain digits,
+    a ``same_category`` other than true/false/1/0, a repeated parameter, the engine not loaded,
+    no cached or stored list, or an error; so the route keeps every check and error answer.
+    `tests/service/test_service.py` checks both give the same answers. Installed innermost of
+    the app's middlewares (`app.create_app`): metrics, headers and guards still see it.
+    """
+
+    PATH = re.compile(r"/v1/products/([^/]+)/similar")
+    FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.ids = re.compile(PRODUCT_ID_PATTERN)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        answer = self._answer(scope) if scope["type"] == "http" else None
+        if answer is None:
+            await self.app(scope, receive, send)
+        else:
+            await answer(scope, receive, send)
+
+    def _answer(self, scope: Any) -> Response | None:
+        found = self.PATH.fullmatch(scope["path"])
+        if scope["method"] != "GET" or found is None or scope.get("root_path"):
+            return None
+        product_id = found.group(1)
+        asked = self._query(scope["query_string"])
+        engine = getattr(scope["app"].state, "engine", None)
+        if asked is None or engine is None or not self.ids.fullmatch(product_id):
+            return None
+        try:
+            similar = engine.quick_similar(product_id, *asked)
+            return None if similar is None else similar_json(similar, engine)
+        except Exception:  # the route answers it, with its own error handling
+            return None
+
+    def _query(self, raw: bytes) -> tuple[int, bool] | None:
+        """(k, same_category) of a plain query string, else None."""
+        k, same_category = DEFAULT_K, True
+        seen = set()
+        for part in raw.split(b"&") if raw else ():
+            name, eq, value = part.partition(b"=")
+            if not eq or name in seen:
+                return None
+            seen.add(name)
+            if name == b"k" and value.isdigit() and len(value) <= 3:
+                k = int(value)
+                if not 1 <= k <= MAX_K:
+                    return None
+            elif name == b"same_category" and value.decode("latin-1") in self.FLAGS:
+                same_category = self.FLAGS[value.decode("latin-1")]
+            else:
+                return None
+        return k, same_category
 
 
 # ---- products ----------------------------------------------------------------------------------
