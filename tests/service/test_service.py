@@ -566,7 +566,15 @@ def test_similar_fast_path_answers_as_the_route_does(live: Live) -> None:
         assert response.headers["content-type"] == "application/json"
         return {k: v for k, v in response.json().items() if k != "query_id"}
 
+    label = 'visnet_http_requests_total{method="GET",route="/v1/products/{product_id}/similar"'
+
+    def counted() -> float:
+        lines = live.client.get("/metrics").text.splitlines()
+        return sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith(label))
+
+    before = counted()
     assert body({"k": "3"}) == body({"k": "3", "same_category": "yes"})
+    assert counted() == before + 2  # the fast path's answers counted under the route's template
     assert body({"k": "3", "same_category": "1"}) == body({"k": "3", "same_category": "on"})
     for path, status in [
         ("/v1/products/5/similar?k=0", 422),

@@ -196,8 +196,11 @@ async def search(
     return search_out(found, engine)
 
 
+SIMILAR_PATH = "/v1/products/{product_id}/similar"
+
+
 @router.get(
-    "/v1/products/{product_id}/similar",
+    SIMILAR_PATH,
     response_model=SimilarOut,
     responses=errors(404, 422, 503),
     tags=["products"],
@@ -242,6 +245,7 @@ class SimilarFastPath:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.route = next(r for r in router.routes if getattr(r, "path", "") == SIMILAR_PATH)
         self.ids = re.compile(PRODUCT_ID_PATTERN)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -262,9 +266,12 @@ class SimilarFastPath:
             return None
         try:
             similar = engine.quick_similar(product_id, *asked)
-            return None if similar is None else similar_json(similar, engine)
         except Exception:  # the route answers it, with its own error handling
             return None
+        if similar is None:
+            return None
+        scope["route"] = self.route  # as the router marks it (metrics' label)
+        return similar_json(similar, engine)
 
     def _query(self, raw: bytes) -> tuple[int, bool] | None:
         """(k, same_category) of a plain query string, else None."""
