@@ -31,6 +31,10 @@ command after a kill), and reports the bytes a product the stored lists take:
     python benchmarks/api.py --model models/visnet-default.pt --work runs/api-10m --reuse \
         --phases similar
 
+``--phases similar,route`` also asks the same /similar answers through FastAPI's routing
+(``same_category=on``, which the service's fast path for plain requests leaves to the route) and
+prints the ratio: what `routes.SimilarFastPath` is worth.
+
 ``--stored-only`` asks only for products whose list is already stored: the stored path at the
 catalog's full size while its precomputation is still part done (a product without a stored
 list is computed live, far slower).
@@ -104,7 +108,8 @@ def parse_args() -> argparse.Namespace:
         "--phases",
         type=lambda v: v.split(","),
         default=["similar", "search"],
-        help="similar,search",
+        help="similar,search; route: /similar again through FastAPI's routing (the answers "
+        "`routes.SimilarFastPath` gives before it), for the ratio",
     )
     return p.parse_args()
 
@@ -292,6 +297,18 @@ def measure(args: argparse.Namespace, port: int, ids: list[str], photo_dir: Path
         results["similar"] = run_phase(
             "similar", port, similar, args.requests, args.concurrency, args
         )
+    if "route" in args.phases:  # the same answers through FastAPI's routing: the fast path off
+        # `same_category=on` is true to the route, but not plain enough for SimilarFastPath
+        routed = [
+            get_request(f"/v1/products/{pid}/similar?k={args.k}&same_category=on")
+            for pid in random.Random(0).sample(ids, min(len(ids), 50_000))
+        ]
+        results["route"] = run_phase("route", port, routed, args.requests, args.concurrency, args)
+        if "similar" in results:
+            fast, slow = (results[n]["median_run"]["rps"] for n in ("similar", "route"))
+            results["fast_path_x"] = round(fast / slow, 2)
+            print(f"/similar: fast path {fast:,.0f} requests/s, through the route {slow:,.0f}: "
+                  f"{fast / slow:.2f}x")  # fmt: skip
     if "search" in args.phases:
         searches = [search_request(p) for p in photos(None if args.random_photos else photo_dir)]
         results["search"] = run_phase(

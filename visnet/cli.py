@@ -450,6 +450,11 @@ def train_command(
         help="Also cut each labelled street box this many times moved like a detector's box "
         "(IoU 0.5-0.85 with the label), since search cuts queries at detected boxes.",
     ),
+    street_margin: float = typer.Option(
+        _train("street_margin"),
+        help="Context kept around each street box, as a share of its sides (search cuts "
+        "queries at the box itself: visnet.detect.crops.QUERY_MARGIN).",
+    ),
     loss: str = typer.Option(_train("loss"), help="contrastive, triplet or batch-hard."),
     steps: int = typer.Option(_train("steps"), help="Optimiser steps."),
     batch_size: int = typer.Option(_train("batch_size"), help="Products (or triplets) per step."),

@@ -126,6 +126,10 @@ def test_cached_forward_equals_the_model_on_the_clean_version(synthetic: Path) -
     next(store.iterdir()).write_bytes(b"not a tensor file")  # damaged: computed again, no crash
     mended = FeatureCache(split, bank, refs, tf, train_tf, 2, 0, store=store)
     assert torch.equal(mended.features, cache.features)
+    tight = ImageBank(side=128, margin=0.0)  # street boxes cut otherwise: a cache of its own
+    tight.load(refs)
+    FeatureCache(split, tight, refs, tf, train_tf, 2, 0, store=store)
+    assert len(list(store.iterdir())) == 2
     with pytest.raises(ValueError, match="nothing to cache"):
         FeatureCache(split, bank, [], tf, train_tf, 2, 0)
     rows = cache.rows(refs, np.random.default_rng(0), clean=True)

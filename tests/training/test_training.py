@@ -160,6 +160,10 @@ def test_the_bank_cuts_street_boxes_with_the_one_crop(tmp_path: Path) -> None:
     bank.load([ref])
     expected = crop_with_margin(Image.fromarray(pixels), ref.bbox.as_xyxy(), JITTER_MARGIN)
     assert np.array_equal(np.asarray(bank[ref]), np.asarray(expected))
+    tight = ImageBank(side=1000, margin=0.0)  # `--street-margin 0`: the box itself, as search
+    tight.load([ref])
+    assert tight[ref].size == (31, 40)  # edges round outwards: 10.5 -> 10, 40.5 -> 41
+    assert np.array_equal(np.asarray(tight[ref]), pixels[20:60, 10:41])
 
 
 def test_validation_recall_matches_a_naive_search(synthetic: Path) -> None:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from visnet.model.checkpoint import atomic_torch_save, fingerprint
 from visnet.model.visnet import VisNet
 from visnet.training.datasets import (
+    JITTER_MARGIN,
     ImageBank,
     ImageRef,
     PairSampler,
@@ -109,6 +110,8 @@ class FeatureCache:
         self.versions = versions
         parts = [[str(r) for r in self.refs], versions, seed, repr(eval_transform)]
         parts += [repr(train_transform), fingerprint(split.prefix)]
+        if bank.margin != JITTER_MARGIN:  # (caches made before the margin was a setting hold)
+            parts.append(f"street margin {bank.margin}")
         key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
         saved = store / f"features-{key}.pt" if store is not None else None
         if saved is not None and saved.is_file():

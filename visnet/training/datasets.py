@@ -39,10 +39,11 @@ class ImageRef:
 
 
 class ImageBank:
-    """Decoded, shrunk images in memory, keyed by ImageRef; unreadable ones are skipped."""
+    """Decoded, shrunk images in memory, keyed by ImageRef; unreadable ones are skipped. Street
+    boxes are cut with `margin` of context (a share of the box's sides)."""
 
-    def __init__(self, side: int) -> None:
-        self.side = side
+    def __init__(self, side: int, margin: float = JITTER_MARGIN) -> None:
+        self.side, self.margin = side, margin
         self.images: dict[ImageRef, Image.Image] = {}
         self.skipped: dict[ImageRef, str] = {}
 
@@ -58,7 +59,7 @@ class ImageBank:
     def _read(self, ref: ImageRef) -> Image.Image:
         image = load_image(ref.path)
         if ref.bbox is not None:
-            image = crop_with_margin(image, ref.bbox.as_xyxy(), JITTER_MARGIN)
+            image = crop_with_margin(image, ref.bbox.as_xyxy(), self.margin)
         scale = self.side / min(image.size)
         if scale < 1:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

@@ -26,6 +26,7 @@ class TrainSettings:
     include_pending: bool = False  # from a review queue, also train on unreviewed triplets
     street_boxes: str | None = None  # detected boxes of the street photos (`visnet detect boxes`)
     box_jitter: int = 0  # jittered copies of each labelled street box (IoU 0.5-0.85 with it)
+    street_margin: float = 0.15  # context kept around a street box (`datasets.JITTER_MARGIN`)
     loss: str = "contrastive"
     steps: int = 600
     batch_size: int = 64
@@ -67,8 +68,8 @@ class TrainSettings:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
         if self.variant_offset < 0:
             raise ValueError(f"variant_offset must be >= 0; got {self.variant_offset}")
-        if self.box_jitter < 0:
-            raise ValueError(f"box_jitter must be >= 0; got {self.box_jitter}")
+        if self.box_jitter < 0 or self.street_margin < 0:
+            raise ValueError("box_jitter and street_margin must be >= 0")
         if self.freeze < 0 or self.cache_versions < 1 or self.triplet_weight < 0:
             raise ValueError("freeze and triplet_weight must be >= 0, cache_versions >= 1")
         if self.freeze and self.loss != "contrastive":

@@ -152,7 +152,7 @@ def _rows(
 ) -> tuple[ImageBank, list[ProductViews], list[ProductViews]]:
     """The train split's images at the working size, and its training and validation products
     (those whose images load)."""
-    bank = ImageBank(side=int(preprocess.resize * 1.15))
+    bank = ImageBank(side=int(preprocess.resize * 1.15), margin=settings.street_margin)
     train_rows, val_rows = _split(read_set(settings.data), settings)
     bank.load([r for p in train_rows + val_rows for r in p.views + p.street])
     return bank, drop_unreadable(train_rows, bank), drop_unreadable(val_rows, bank)
