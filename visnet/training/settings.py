@@ -25,8 +25,10 @@ class TrainSettings:
     triplets: str | None = None  # a triplet file or review queue; None: read the data set
     include_pending: bool = False  # from a review queue, also train on unreviewed triplets
     street_boxes: str | None = None  # detected boxes of the street photos (`visnet detect boxes`)
-    box_jitter: int = 0  # jittered copies of each labelled street box (IoU 0.5-0.85 with it)
-    street_margin: float = 0.15  # context kept around a street box (`datasets.JITTER_MARGIN`)
+    # jittered copies of each labelled street box (IoU 0.5-0.85 with it); validation: 2 lost
+    box_jitter: int = 0
+    # context kept around a street box (`datasets.JITTER_MARGIN`); validation: 0 lost
+    street_margin: float = 0.15
     loss: str = "contrastive"
     steps: int = 600
     batch_size: int = 64
