@@ -27,7 +27,7 @@ class TrainSettings:
     street_boxes: str | None = None  # detected boxes of the street photos (`visnet detect boxes`)
     # jittered copies of each labelled street box (IoU 0.5-0.85 with it); validation: 2 lost
     box_jitter: int = 0
-    # context kept around a street box (`datasets.JITTER_MARGIN`); validation: 0 lost
+    # context kept around a street box (`datasets.JITTER_MARGIN`); validation: 0, 0.3 lost
     street_margin: float = 0.15
     loss: str = "contrastive"
     steps: int = 600
