@@ -25,9 +25,9 @@ class TrainSettings:
     triplets: str | None = None  # a triplet file or review queue; None: read the data set
     include_pending: bool = False  # from a review queue, also train on unreviewed triplets
     street_boxes: str | None = None  # detected boxes of the street photos (`visnet detect boxes`)
-    # jittered copies of each labelled street box (IoU 0.5-0.85 with it); validation: 2 lost
+    # jittered copies of each labelled street box (IoU 0.5-0.85 with it); 2 lost on validation
     box_jitter: int = 0
-    # context kept around a street box (`datasets.JITTER_MARGIN`); validation: 0, 0.3 lost
+    # context kept around a street box (`datasets.JITTER_MARGIN`); 0 and 0.3 lost on validation
     street_margin: float = 0.15
     loss: str = "contrastive"
     steps: int = 600
