@@ -5,9 +5,11 @@ service searches from a thread pool; hnswlib and our store's read lock let searc
 Two raw references: a graph built by one ``add_items`` call ("raw"), and the store's own graph
 searched by hnswlib directly ("same graph"): the store's overhead without the difference
 between two graphs (the store builds its graph batch by batch, with replaceable deletes). With
-one thread, CPU time per query is reported too, and the store against its own graph timed
-query by query in alternation ("paired"): on a shared machine whole passes swing by 20-30%, which
-hides an overhead of a few microseconds; alternating calls cancel the swings.
+one thread, CPU time per query is reported too. At every thread count the store and its own graph
+are also timed in alternation ("paired": query by query with one thread, block by block of a few
+queries a thread with several): on a shared machine whole passes swing by 20-30%, which hides an
+overhead of a few microseconds; alternating cancels the swings. The paired column is the one to
+read for the store's overhead.
 
     python benchmarks/knn.py --n 1000000      # about 20 minutes here, most of it building
 """
@@ -19,7 +21,9 @@ import logging
 import os
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -109,25 +113,79 @@ NAMES = ("raw", "store", "same graph")
 
 
 def paired_overhead(
-    store: EmbeddedStore, own: hnswlib.Index, queries: np.ndarray, k: int, rounds: int
-) -> tuple[float, float]:
-    """Mean microseconds a query of hnswlib on the store's own graph and of the store, timed
-    query by query in alternation (one thread): a shared machine's slow swings in speed, which
-    move whole passes by 20-30%, hit both alike."""
-    total = {"own": 0, "store": 0}
-    searches = {
-        "own": lambda q: own.knn_query(q, k, num_threads=1),
-        "store": lambda q: store.search(q, k),
-    }
-    for r in range(rounds):
-        for i, query in enumerate(queries):
-            q = query[None, :]
-            for name in ("own", "store") if (i + r) % 2 else ("store", "own"):
-                start = time.perf_counter_ns()
-                searches[name](q)
-                total[name] += time.perf_counter_ns() - start
+    searches: dict[str, Callable[[np.ndarray], object]],
+    queries: np.ndarray,
+    rounds: int,
+    threads: int,
+) -> dict[str, float]:
+    """Wall microseconds a query of each search, timed in alternation: with one thread query by
+    query; with several, block by block (BLOCK queries a thread, all threads on the same search,
+    from a common start to the last one's end). A shared machine's slow swings in speed, which
+    move whole passes by 20-30%, hit every search alike; each block's order rotates."""
+    names = list(searches)
+    total = dict.fromkeys(names, 0)
+    size = 1 if threads == 1 else BLOCK * threads
+    blocks = [queries[lo : lo + size] for lo in range(0, len(queries), size)]
+    run = _BlockRunner(threads)
+    try:
+        for r in range(rounds):
+            for b, block in enumerate(blocks):
+                shift = (b + r) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    total[name] += run(searches[name], block)
+    finally:
+        run.close()
     calls = rounds * len(queries) * 1000
-    return total["own"] / calls, total["store"] / calls
+    return {name: total[name] / calls for name in names}
+
+
+BLOCK = 25  # queries a thread in one timed block of the paired runs (several threads)
+
+
+class _BlockRunner:
+    """Runs one search over a block of queries from `threads` threads kept alive between blocks;
+    returns the block's wall nanoseconds (one thread: the caller's own, no hand-off)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.job: tuple[Callable[[np.ndarray], object], np.ndarray] | None = None
+        self.start = threading.Barrier(threads + 1)
+        self.end = threading.Barrier(threads + 1)
+        self.pool = [
+            threading.Thread(target=self._work, args=(t,), daemon=True) for t in range(threads)
+        ]
+        if threads > 1:
+            for thread in self.pool:
+                thread.start()
+
+    def _work(self, t: int) -> None:
+        while True:
+            self.start.wait()
+            if self.job is None:
+                return
+            search, block = self.job
+            for q in block[t :: self.threads]:
+                search(q[None, :])
+            self.end.wait()
+
+    def __call__(self, search: Callable[[np.ndarray], object], block: np.ndarray) -> int:
+        if self.threads == 1:
+            start = time.perf_counter_ns()
+            for q in block:
+                search(q[None, :])
+            return time.perf_counter_ns() - start
+        self.job = (search, block)
+        self.start.wait()
+        start = time.perf_counter_ns()
+        self.end.wait()
+        return time.perf_counter_ns() - start
+
+    def close(self) -> None:
+        if self.threads > 1:
+            self.job = None
+            self.start.wait()
+            for thread in self.pool:
+                thread.join()
 
 
 def sweep(raw, store, queries, truth, args) -> list[tuple]:
@@ -160,12 +218,15 @@ def _sweep_ef(raw, store, queries, truth, args, threads) -> list[tuple]:
                 rate, found[name] = timed_pass(search, queries, threads)
                 cpu[name].append((time.thread_time() - start) / len(queries) * 1e6)
                 rates[name].append(rate)
-        paired = paired_overhead(store, own, queries, args.k, args.runs) if threads == 1 else (0, 0)
+        paired = paired_overhead(
+            {"same graph": searches["same graph"], "store": searches["store"]},
+            queries, args.runs, threads,
+        )  # fmt: skip
         rows.append(
             (ef, *(statistics.median(rates[n]) for n in NAMES),
              *(recall(found[n], truth) for n in NAMES),
              *(statistics.median(cpu[n]) if threads == 1 else 0.0 for n in ("store", "same graph")),
-             *paired)
+             paired["same graph"], paired["store"])
         )  # fmt: skip
     return rows
 
@@ -184,8 +245,9 @@ def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh, mis
     )
     for threads, ef, raw_qps, store_qps, own_qps, raw_r, store_r, _, cpu, own_cpu, *pair in rows:
         cpu_cols = f"{cpu:>14.1f} {own_cpu:>11.1f} {cpu / own_cpu - 1:>13.1%}" if cpu else ""
-        if pair[0]:
-            cpu_cols += f" {pair[1]:>6.1f} {pair[0]:>6.1f} {pair[1] / pair[0] - 1:>6.1%}"
+        if not cpu:
+            cpu_cols = " " * 67
+        cpu_cols += f" {pair[1]:>6.1f} {pair[0]:>6.1f} {pair[1] / pair[0] - 1:>6.1%}"
         print(
             f"{threads:>7} {ef:>4} {raw_qps:>9,.0f} {store_qps:>10,.0f} "
             f"{raw_qps / store_qps - 1:>8.1%} {raw_r:>9.3f} {store_r:>11.3f} "

@@ -14,7 +14,7 @@ from visnet.training.settings import TrainSettings
 from visnet.training.settings import default as _train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Build, import and check data sets.")
+data_app = typer.Typer(no_args_is_help=True, help="Build and check data sets.")
 app.add_typer(data_app, name="data")
 
 
