@@ -103,6 +103,31 @@ def test_product_scoring_ranks_boxes_by_any_product_not_by_one_category(categori
     assert class_labels[0][0].item() == 3 and len(class_scores[0]) == 3  # a box per category
 
 
+def test_box_voting_moves_a_kept_box_to_the_score_weighted_mean_of_its_overlapping_proposals(
+    categories,
+):
+    # Three proposals, no regression: A (product 0.8) and B (0.4) overlap by IoU 0.81, so NMS
+    # keeps A alone; C (0.6) lies apart. Voting at IoU 0.7 moves A to (0.8 A + 0.4 B) / 1.2;
+    # C, with no neighbour, stays; at 0.9 nothing overlaps enough and nothing moves.
+    heads = _detector(categories, score_threshold=0.01).model.roi_heads
+    boxes = torch.tensor([[10.0, 10.0, 60.0, 60.0], [15.0, 10.0, 65.0, 60.0], [80, 80, 120, 120]])
+    probs = torch.full((3, len(categories) + 1), 1e-6)
+    probs[:, 0] = torch.tensor([0.2, 0.6, 0.4])
+    probs[:, 1] = 1 - probs[:, 0]
+    logits, regression = probs.log(), torch.zeros(3, 4 * (len(categories) + 1))
+    plain, voted, strict = (
+        product_boxes(heads, logits, regression, [boxes], [(128, 128)], box_voting=t)[0]
+        for t in (0.0, 0.7, 0.9)
+    )
+    assert torch.equal(plain["boxes"], boxes[[0, 2]])
+    assert torch.allclose(strict["boxes"], boxes[[0, 2]])
+    mean = (0.8 * boxes[0] + 0.4 * boxes[1]) / 1.2
+    assert torch.allclose(voted["boxes"], torch.stack([mean, boxes[2]]), atol=1e-3)
+    assert torch.allclose(voted["scores"], plain["scores"]) and voted["labels"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match="box_voting"):
+        DetectorConfig(categories=("a",), box_voting=1.0)
+
+
 def test_class_scoring_is_torchvisions_own_output(categories):
     detector = _detector(categories, score_threshold=0.0, max_detections=20, scoring="class")
     image = _image(160, 120)

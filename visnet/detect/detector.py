@@ -153,6 +153,9 @@ class DetectorConfig:
     # enough to filter by it (None: uncalibrated; the service's own setting decides).
     label_temperature: float = 1.0
     category_threshold: float | None = None
+    # Box voting (product scoring): each kept box becomes the score-weighted mean of the boxes
+    # of every proposal overlapping it by at least this IoU, itself included; 0: off
+    box_voting: float = 0.0
 
     def __post_init__(self) -> None:
         spec = get_arch(self.arch)
@@ -170,6 +173,8 @@ class DetectorConfig:
             raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
         if not self.label_temperature > 0:
             raise ValueError(f"label_temperature must be > 0; got {self.label_temperature}")
+        if not 0.0 <= self.box_voting < 1.0:
+            raise ValueError(f"box_voting must be an IoU in [0, 1); got {self.box_voting}")
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -242,13 +247,17 @@ def product_boxes(
     proposals: list[torch.Tensor],
     image_shapes: list[tuple[int, int]],
     label_temperature: float = 1.0,
+    box_voting: float = 0.0,
 ) -> list[dict[str, torch.Tensor]]:
     """Boxes scored as products: RoIHeads.postprocess_detections with one box per proposal.
 
     Each proposal scores 1 - p(background) and keeps the box regressed for its likeliest
     category, whose probability given that it is a product is its `label_scores` (at
     temperature 1, p(category) / (1 - p(background))). Boxes under the score threshold or too
-    small are dropped; suppression runs across categories.
+    small are dropped; suppression runs across categories. With `box_voting` > 0 each kept box
+    is then the score-weighted mean of the boxes of the proposals above the score threshold that
+    overlap it by at least that IoU (box voting: the proposals agree on where the object is
+    better than the best one alone); its score and label stay its own.
     """
     counts = [len(p) for p in proposals]
     all_boxes = heads.box_coder.decode(box_regression, proposals).split(counts)
@@ -265,9 +274,14 @@ def product_boxes(
         keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
         keep = keep[box_ops.nms(boxes[keep], scores[keep], heads.nms_thresh)]
         keep = keep[: heads.detections_per_img]
+        kept_boxes = boxes[keep]
+        if box_voting > 0 and len(keep):
+            voters = torch.where(scores > heads.score_thresh)[0]
+            weights = (box_ops.box_iou(kept_boxes, boxes[voters]) >= box_voting) * scores[voters]
+            kept_boxes = weights @ boxes[voters] / weights.sum(dim=1, keepdim=True)
         found.append(
             {
-                "boxes": boxes[keep],
+                "boxes": kept_boxes,
                 "scores": scores[keep],
                 "labels": labels[keep],
                 "label_scores": label_scores[keep],
@@ -367,6 +381,7 @@ class Detector:
         scoring: str | None = None,
         label_temperature: float | None = None,
         category_threshold: float | None = None,
+        box_voting: float | None = None,
     ) -> Detector:
         """Change the score threshold, the cap on detections per image, the scoring or the
         category calibration, in place."""
@@ -375,6 +390,8 @@ class Detector:
             changes["label_temperature"] = float(label_temperature)
         if category_threshold is not None:
             changes["category_threshold"] = float(category_threshold)
+        if box_voting is not None:
+            changes["box_voting"] = float(box_voting)
         if score_threshold is not None:
             changes["score_threshold"] = float(score_threshold)
         if max_detections is not None:
@@ -412,6 +429,7 @@ class Detector:
                 proposals,
                 batch.image_sizes,
                 self.config.label_temperature,
+                self.config.box_voting,
             )
         else:
             boxes, scores, labels = heads.postprocess_detections(
