@@ -54,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--boxes", type=int, nargs="+", default=[1, 3])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument(
+        "--box-voting",
+        type=float,
+        default=None,
+        help="run the detector with this box-voting IoU (DetectorConfig.box_voting; 0: off)",
+    )
+    p.add_argument(
         "--averaged",
         action="store_true",
         help="also rows whose query averages several views of the true and the shopper's box "
@@ -71,6 +77,7 @@ def main() -> None:
     held_products = {p.product for p in held}
     pairs = [p for p in data.pairs["train"] if p.product in held_products]
     model, detector = create_embedder(args.model), Detector.load(args.detector)
+    detector.configure(box_voting=args.box_voting)
     # the evaluation's own cache key: `visnet eval` and this share the catalog embeddings
     base = {"embedder": embedder_fingerprint(model), "data": data_fingerprint(args.data)}
     shop = embed_shop(data, model, EmbeddingCache(default_cache_dir(args.data)), base, True)
