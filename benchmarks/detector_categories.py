@@ -14,7 +14,7 @@ reads the category from these features, a better category needs a detector whose
 it, not a better head. The service takes a box's category from its nearest catalog product
 (`Engine.object_category`, `benchmarks/neighbour_category.py`: about 95% right).
 
-Notes, 2026-12-03 20:43, models/detector-default.pt, nothing else running; 11,173 training and
+Notes, 2026-12-03 20:23, models/detector-default.pt, nothing else running; 11,173 training and
 1,172 validation boxes (features of both kinds in one 5-minute pass):
 
 | features | the detector's category layer | logistic regression | MLP (512 hidden) |
