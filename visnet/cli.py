@@ -864,13 +864,15 @@ def index_rebuild(
         ..., "--model", help="The new model: a checkpoint (.pt), an .onnx export or a baseline."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Write the new index here [default: replace --index, old kept]."
+        None, "--out", help="Write the new index here (default: replace --index, the old one kept)."
     ),
     catalog_root: Path | None = typer.Option(
-        None, "--catalog-root", help="Folder the catalog images live in [the index's build.json]."
+        None,
+        "--catalog-root",
+        help="Folder the catalog images live in (default: the index's build.json).",
     ),
     dim: int | None = typer.Option(
-        None, "--dim", help="PCA dimension [the old index's; 0: keep the full embedding]."
+        None, "--dim", help="PCA dimension (default: the old index's; 0: keep the full embedding)."
     ),
     if_stale: bool = typer.Option(
         False, "--if-stale", help="Only if the index was built by another model (else no-op)."
