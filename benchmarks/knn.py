@@ -164,8 +164,13 @@ class _BlockRunner:
             if self.job is None:
                 return
             search, block = self.job
-            for q in block[t :: self.threads]:
-                search(q[None, :])
+            try:
+                for q in block[t :: self.threads]:
+                    search(q[None, :])
+            except BaseException:  # the caller's wait raises BrokenBarrierError, not a hang
+                self.start.abort()
+                self.end.abort()
+                raise
             self.end.wait()
 
     def __call__(self, search: Callable[[np.ndarray], object], block: np.ndarray) -> int:
@@ -183,7 +188,8 @@ class _BlockRunner:
     def close(self) -> None:
         if self.threads > 1:
             self.job = None
-            self.start.wait()
+            if not self.start.broken:  # a worker that failed left the barriers broken
+                self.start.wait()
             for thread in self.pool:
                 thread.join()
 
@@ -244,9 +250,7 @@ def report(args, raw_rate, store_rate, rows, exact_qps, exact_recall, fresh, mis
         f"{'CPU us/query store, same graph, overhead':>41} {'paired us, overhead':>20}"
     )
     for threads, ef, raw_qps, store_qps, own_qps, raw_r, store_r, _, cpu, own_cpu, *pair in rows:
-        cpu_cols = f"{cpu:>14.1f} {own_cpu:>11.1f} {cpu / own_cpu - 1:>13.1%}" if cpu else ""
-        if not cpu:
-            cpu_cols = " " * 67
+        cpu_cols = f"{cpu:>14.1f} {own_cpu:>11.1f} {cpu / own_cpu - 1:>13.1%}" if cpu else " " * 40
         cpu_cols += f" {pair[1]:>6.1f} {pair[0]:>6.1f} {pair[1] / pair[0] - 1:>6.1%}"
         print(
             f"{threads:>7} {ef:>4} {raw_qps:>9,.0f} {store_qps:>10,.0f} "
